@@ -1,0 +1,200 @@
+"""
+Shared fixtures: real Consul agents on loopback, Salt loaders for functional
+tests, and real salt-master / salt-minion daemons for integration tests.
+
+Nothing here mocks Consul or Salt.
+"""
+
+import copy
+import logging
+import os
+import pathlib
+import sys
+import uuid
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+for extra in (REPO / "tools", REPO / "_utils"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+import localconsul  # noqa: E402
+import salt._logging.impl  # noqa: E402
+
+# Importing salt installs a deferred stderr handler that flushes at exit, after
+# pytest has closed the stream; pytest's own capture handles our records.
+salt._logging.impl.shutdown_temp_handler()
+
+log = logging.getLogger(__name__)
+
+LOADER_DIRS = ("_modules", "_states", "_grains", "_pillar", "_utils", "_beacons", "_engines", "_runners", "_sdb")
+PROD_MINION = "web01.prod.gg.mydc1.example.com"
+DEV_MINION = "web01.dev.gg.mydc1.example.com"
+
+
+def loader_dir_opts():
+    """Point Salt's loaders straight at this checkout (functional tests, no sync)."""
+    return {
+        "module_dirs": [str(REPO / "_modules")],
+        "states_dirs": [str(REPO / "_states")],
+        "grains_dirs": [str(REPO / "_grains")],
+        "utils_dirs": [str(REPO / "_utils")],
+        "pillar_dirs": [str(REPO / "_pillar")],
+        "beacons_dirs": [str(REPO / "_beacons")],
+        "engines_dirs": [str(REPO / "_engines")],
+        "runner_dirs": [str(REPO / "_runners")],
+    }
+
+
+# --------------------------------------------------------------------------- Consul
+
+
+@pytest.fixture(scope="session")
+def consul_agent(tmp_path_factory):
+    """A real Consul server agent (datacenter dc1, ACLs off) on loopback ports."""
+    agent = localconsul.LocalConsul("dc1", log_dir=str(tmp_path_factory.mktemp("consul-dc1")))
+    agent.start()
+    yield agent
+    agent.cleanup()
+
+
+@pytest.fixture(scope="session")
+def consul_acl_agent(tmp_path_factory):
+    """A real Consul agent with ACLs enabled and default-deny; ``master_token`` is root."""
+    agent = localconsul.LocalConsul(
+        "acl1", acl=True, log_dir=str(tmp_path_factory.mktemp("consul-acl1"))
+    )
+    agent.start()
+    yield agent
+    agent.cleanup()
+
+
+@pytest.fixture
+def kv_prefix(consul_agent, request):
+    """A KV prefix unique to the test, deleted afterwards."""
+    prefix = f"test/{request.node.name[:40].replace('[', '-').replace(']', '')}-{uuid.uuid4().hex[:6]}"
+    yield prefix
+    consul_agent.api("DELETE", f"/v1/kv/{prefix}?recurse")
+
+
+# --------------------------------------------------------------------------- Salt loaders
+
+
+@pytest.fixture(scope="session")
+def salt_factories_config():
+    return {"inject_sitecustomize": False, "start_timeout": 120}
+
+
+@pytest.fixture(scope="session")
+def functional_minion(salt_factories):
+    """A minion *configuration* (not started) for the functional Loaders."""
+    return salt_factories.salt_minion_daemon(
+        "db01.prod.gg.mydc1.example.com",
+        overrides=dict(loader_dir_opts(), file_client="local"),
+    )
+
+
+@pytest.fixture
+def minion_opts(functional_minion, consul_agent):
+    opts = copy.deepcopy(functional_minion.config)
+    opts["consul"] = {"address": consul_agent.http_addr, "retries": 0}
+    return opts
+
+
+@pytest.fixture
+def loaders(minion_opts):
+    from saltfactories.utils.functional import Loaders
+
+    loaders = Loaders(minion_opts)
+    try:
+        yield loaders
+    finally:
+        loaders.reset_state()
+
+
+# --------------------------------------------------------------------------- Salt daemons
+
+
+@pytest.fixture(scope="session")
+def state_tree(tmp_path_factory):
+    """
+    The master's file_roots: this checkout's loader dirs and formulas (linked, as
+    an operator would point file_roots at a checkout), plus a scratch dir tests
+    write their own SLS files into.
+    """
+    root = tmp_path_factory.mktemp("state-tree")
+    for name in LOADER_DIRS:
+        if (REPO / name).is_dir():
+            (root / name).symlink_to(REPO / name)
+    formulas = REPO / "formulas"
+    if formulas.is_dir():
+        for entry in formulas.iterdir():
+            (root / entry.name).symlink_to(entry)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pillar_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pillar-tree")
+    (root / "top.sls").write_text("base: {}\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def salt_master(salt_factories, consul_agent, state_tree, pillar_tree):
+    """A real salt-master whose ext_pillar and modules come from this checkout (synced)."""
+    factory = salt_factories.salt_master_daemon(
+        "master",
+        overrides={
+            "file_roots": {"base": [str(state_tree)]},
+            "pillar_roots": {"base": [str(pillar_tree)]},
+            "consul": {"address": consul_agent.http_addr, "retries": 0},
+            "ext_pillar": [{"consul": {}}],
+            "log_level_logfile": "debug",
+        },
+    )
+    with factory.started():
+        ret = factory.salt_run_cli().run("saltutil.sync_all")
+        assert ret.returncode == 0, ret
+        yield factory
+
+
+def _minion(salt_master, consul_agent, minion_id):
+    factory = salt_master.salt_minion_daemon(
+        minion_id,
+        overrides={
+            "consul": {"address": consul_agent.http_addr, "retries": 0},
+            "log_level_logfile": "debug",
+        },
+    )
+    return factory
+
+
+@pytest.fixture(scope="session")
+def prod_minion(salt_master, consul_agent):
+    factory = _minion(salt_master, consul_agent, PROD_MINION)
+    with factory.started():
+        ret = factory.salt_call_cli().run("saltutil.sync_all")
+        assert ret.returncode == 0, ret
+        yield factory
+
+
+@pytest.fixture(scope="session")
+def dev_minion(salt_master, consul_agent):
+    factory = _minion(salt_master, consul_agent, DEV_MINION)
+    with factory.started():
+        ret = factory.salt_call_cli().run("saltutil.sync_all")
+        assert ret.returncode == 0, ret
+        yield factory
+
+
+@pytest.fixture(scope="session")
+def salt_cli(salt_master):
+    return salt_master.salt_cli(timeout=120)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Puts a Consul binary at tools/bin/consul, without touching the system's apt state.
+#
+# A `consul` already on PATH is used as is (linked). Otherwise Debian's bullseye
+# suite carries package `consul` 1.8.7: we point apt at the same Debian archive
+# the system's own sources use (derived from them, never hard-coded), with a
+# temporary sources list, lists dir and cache, then `apt-get download` and
+# `dpkg -x` the package into a scratch dir.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bindir="$here/bin"
+mkdir -p "$bindir"
+
+if [ -x "$bindir/consul" ] && "$bindir/consul" version >/dev/null 2>&1; then
+    exit 0
+fi
+if command -v consul >/dev/null 2>&1 && [ "$(command -v consul)" != "$bindir/consul" ]; then
+    ln -sf "$(command -v consul)" "$bindir/consul"
+    echo "install-consul: using $(command -v consul)"
+    exit 0
+fi
+
+# The Debian archive URI from the system's apt sources (deb822 or one-line style).
+mirror=""
+for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    mirror=$(awk '/^URIs:/ {for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) {print $i; exit}}' "$f")
+    [ -n "$mirror" ] && break
+done
+if [ -z "$mirror" ]; then
+    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+        | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^https?:\/\/.*\/debian\/?$/) {print $i; exit}}' | head -n 1)
+fi
+if [ -z "$mirror" ]; then
+    echo "install-consul: no Debian archive found in the apt sources; put a consul binary on PATH" >&2
+    exit 1
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+if [ -f "$keyring" ]; then
+    echo "deb [signed-by=$keyring] $mirror bullseye main" >"$work/sources.list"
+else
+    echo "deb $mirror bullseye main" >"$work/sources.list"
+fi
+apt_opts=(
+    -o "Dir::Etc::SourceList=$work/sources.list"
+    -o "Dir::Etc::SourceParts=/dev/null"
+    -o "Dir::State::Lists=$work/lists"
+    -o "Dir::Cache=$work/cache"
+    -o "APT::Sandbox::User=root"
+)
+apt-get "${apt_opts[@]}" -qq update
+(cd "$work" && apt-get "${apt_opts[@]}" -qq download consul)
+dpkg -x "$work"/consul_*.deb "$work/root"
+install -m 0755 "$work/root/usr/bin/consul" "$bindir/consul"
+"$bindir/consul" version | head -n 1

@@ -1,0 +1,244 @@
+"""
+Start and stop real Consul agents on loopback for tests, the demo and the bench.
+
+    agent = LocalConsul(datacenter="dc1", acl=False).start()
+    agent.http_addr            # "http://127.0.0.1:PORT"
+    agent.restart(); agent.pause(); agent.resume(); agent.stop()
+
+Every port is a free loopback port picked at start; every wait is bounded.
+Agents run as single-node servers (``-dev``-like: in-memory unless a data dir
+is kept for restarts), so KV survives ``restart()`` only with ``persist=True``.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_BIN = os.path.join(HERE, "bin", "consul")
+
+
+def consul_binary():
+    """tools/bin/consul (installed by tools/install-consul.sh), else one on PATH."""
+    if os.access(DEFAULT_BIN, os.X_OK):
+        return DEFAULT_BIN
+    found = shutil.which("consul")
+    if found:
+        return found
+    raise RuntimeError("no consul binary: run `bash tools/install-consul.sh` (make does it)")
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def free_udp_tcp_port(host="127.0.0.1"):
+    """A port free for both TCP and UDP (the DNS and serf ports use both)."""
+    for _ in range(50):
+        port = free_port(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free TCP+UDP port on loopback")
+
+
+class LocalConsul:
+    """One Consul server agent on 127.0.0.1 (or another loopback address)."""
+
+    def __init__(
+        self,
+        datacenter="dc1",
+        acl=False,
+        master_token=None,
+        bind="127.0.0.1",
+        node_name=None,
+        persist=False,
+        extra_config=None,
+        log_dir=None,
+    ):
+        self.datacenter = datacenter
+        self.acl = acl
+        self.master_token = master_token or ("root-" + os.urandom(8).hex() if acl else None)
+        self.bind = bind
+        self.node_name = node_name or f"node-{datacenter}"
+        self.persist = persist
+        self.extra_config = extra_config or {}
+        self.workdir = tempfile.mkdtemp(prefix=f"consul-{datacenter}-")
+        self.log_dir = log_dir or self.workdir
+        self.ports = {
+            "http": free_port(bind),
+            "dns": free_udp_tcp_port(bind),
+            "serf_lan": free_udp_tcp_port(bind),
+            "serf_wan": free_udp_tcp_port(bind),
+            "server": free_port(bind),
+        }
+        self.proc = None
+        self._log = None
+
+    @property
+    def http_addr(self):
+        return f"http://{self.bind}:{self.ports['http']}"
+
+    @property
+    def wan_addr(self):
+        return f"{self.bind}:{self.ports['serf_wan']}"
+
+    def _config(self):
+        conf = {
+            "datacenter": self.datacenter,
+            "node_name": self.node_name,
+            "server": True,
+            "bootstrap_expect": 1,
+            "bind_addr": self.bind,
+            "client_addr": self.bind,
+            "advertise_addr": self.bind,
+            "advertise_addr_wan": self.bind,
+            "ports": dict(self.ports, grpc=-1, https=-1),
+            "data_dir": os.path.join(self.workdir, "data"),
+            "log_level": "INFO",
+            "disable_update_check": True,
+            "enable_script_checks": False,
+            "enable_local_script_checks": True,
+            "performance": {"raft_multiplier": 1},
+            "session_ttl_min": "1s",
+            "check_update_interval": "0s",
+            "dns_config": {"allow_stale": True, "node_ttl": "0s", "service_ttl": {"*": "0s"}},
+        }
+        if self.acl:
+            conf["primary_datacenter"] = self.extra_config.get("primary_datacenter", self.datacenter)
+            conf["acl"] = {
+                "enabled": True,
+                "default_policy": "deny",
+                "down_policy": "extend-cache",
+                "enable_token_persistence": False,
+                "tokens": {"master": self.master_token, "agent": self.master_token},
+            }
+        for key, value in self.extra_config.items():
+            conf[key] = value
+        return conf
+
+    def start(self, timeout=60):
+        if self.proc and self.proc.poll() is None:
+            return self
+        if not self.persist:
+            shutil.rmtree(os.path.join(self.workdir, "data"), ignore_errors=True)
+        conf_path = os.path.join(self.workdir, "agent.json")
+        with open(conf_path, "w", encoding="utf-8") as fh:
+            json.dump(self._config(), fh)
+        self._log = open(os.path.join(self.log_dir, f"consul-{self.datacenter}.log"), "ab")
+        self.proc = subprocess.Popen(
+            [consul_binary(), "agent", "-config-file", conf_path],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def _get(self, path, token=None, timeout=2):
+        req = urllib.request.Request(self.http_addr + path)
+        if token or self.master_token:
+            req.add_header("X-Consul-Token", token or self.master_token)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def wait_ready(self, timeout=60):
+        """Until the agent has a leader and has synced its own node (bounded)."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"consul exited with {self.proc.returncode}; see {self.log_dir}")
+            try:
+                if self._get("/v1/status/leader") and self._get(f"/v1/catalog/node/{self.node_name}"):
+                    return
+            except (OSError, urllib.error.URLError, ValueError) as err:
+                last = err
+            time.sleep(0.1)
+        raise RuntimeError(f"consul {self.datacenter} not ready after {timeout}s: {last}")
+
+    def api(self, method, path, body=None, token=None, timeout=5):
+        """A plain urllib call for tests to check Consul's real state (not via our client)."""
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.http_addr + path, data=data, method=method)
+        tok = token if token is not None else self.master_token
+        if tok:
+            req.add_header("X-Consul-Token", tok)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+                return resp.status, raw
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def api_json(self, method, path, body=None, token=None):
+        status, raw = self.api(method, path, body, token)
+        if status >= 400:
+            raise RuntimeError(f"{method} {path}: {status} {raw[:200]!r}")
+        return json.loads(raw) if raw else None
+
+    def stop(self, timeout=20):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGCONT)
+                self.proc.send_signal(signal.SIGINT)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+        self.proc = None
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def restart(self, timeout=60):
+        self.stop()
+        return self.start(timeout)
+
+    def pause(self):
+        """SIGSTOP: the agent holds its sockets but answers nothing (a hung Consul)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+
+def wan_join(first, second, timeout=30):
+    """WAN-join ``second`` to ``first`` and wait until each sees both datacenters."""
+    status, raw = second.api("PUT", f"/v1/agent/join/{first.wan_addr}?wan=1")
+    if status >= 400:
+        raise RuntimeError(f"wan join failed: {status} {raw[:200]!r}")
+    deadline = time.monotonic() + timeout
+    want = {first.datacenter, second.datacenter}
+    while time.monotonic() < deadline:
+        if all(set(a.api_json("GET", "/v1/catalog/datacenters")) >= want for a in (first, second)):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("datacenters did not see each other over the WAN")
