@@ -9,7 +9,9 @@ import copy
 import logging
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import uuid
 
 import pytest
@@ -83,7 +85,11 @@ def kv_prefix(consul_agent, request):
 
 @pytest.fixture(scope="session")
 def salt_factories_config():
-    return {"inject_sitecustomize": False, "start_timeout": 120}
+    # A short root of our own: concurrent test runs must not share daemon dirs,
+    # and unix socket paths must stay short.
+    root = tempfile.mkdtemp(prefix="sc-", dir="/tmp")
+    yield {"inject_sitecustomize": False, "start_timeout": 120, "root_dir": root}
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
