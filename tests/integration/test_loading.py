@@ -1,0 +1,113 @@
+"""
+The extension loads both ways a Salt user installs it:
+
+* file_roots + ``saltutil.sync_all`` on a real master and minion;
+* ``pip install`` with the ``salt.loader`` entry point and no file_roots at all.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEV_MINION, PROD_MINION, REPO
+
+
+def test_sync_all_minion_side(prod_minion, dev_minion, salt_cli):
+    ret = salt_cli.run("grains.get", "env", minion_tgt=PROD_MINION)
+    assert ret.returncode == 0, ret
+    assert ret.data["postfix"] == "prod.gg.mydc1"
+    assert ret.data["role"] == "web"
+    ret = salt_cli.run("consul.service_name", "db", minion_tgt=DEV_MINION)
+    assert ret.data == "db.dev.gg.mydc1"
+    # The execution module reached the real Consul through the shared client.
+    ret = salt_cli.run("consul.status_leader", minion_tgt=PROD_MINION)
+    assert ret.returncode == 0, ret
+    assert ret.data.startswith("127.0.0.1:")
+
+
+def test_grain_targeting(prod_minion, dev_minion, salt_cli):
+    ret = salt_cli.run("-G", "env:type:prod", "test.ping", minion_tgt="")
+    # salt-factories puts minion_tgt last; an empty one is dropped, so the grain
+    # expression above is the target.
+    assert ret.returncode == 0, ret
+    assert set(ret.data) == {PROD_MINION}
+
+
+def test_sync_all_master_side(salt_master):
+    extmods = pathlib.Path(salt_master.config["extension_modules"])
+    assert (extmods / "pillar" / "consul.py").is_file()
+    assert (extmods / "utils" / "saltconsul_client.py").is_file()
+
+
+@pytest.fixture(scope="module")
+def pip_prefix(tmp_path_factory):
+    """`pip install .` of this checkout into a prefix of its own."""
+    prefix = tmp_path_factory.mktemp("pip-prefix")
+    build = tmp_path_factory.mktemp("pip-build")
+    # Build from a copy so an in-tree build never leaves files in the checkout.
+    src = build / "src"
+    shutil.copytree(
+        REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "tools", "tests", "bench", "__pycache__", ".bench-venv*")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--prefix", str(prefix), str(src)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    site = prefix / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    assert (site / "saltconsul_client.py").is_file()
+    return site
+
+
+def _salt_call(tmp_path, consul_agent, pythonpath, *args):
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir(exist_ok=True)
+    (conf_dir / "minion").write_text(
+        json.dumps(
+            {
+                "id": "db01.stg.blue.dc7.example.com",
+                "root_dir": str(tmp_path / "root"),
+                "file_client": "local",
+                "file_roots": {"base": [str(tmp_path / "empty")]},
+                "consul": {"address": consul_agent.http_addr},
+                "log_level_logfile": "info",
+            }
+        )
+    )
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if pythonpath:
+        env["PYTHONPATH"] = str(pythonpath)
+    salt_call = pathlib.Path(sys.executable).parent / "salt-call"
+    proc = subprocess.run(
+        [str(salt_call), "--local", "-c", str(conf_dir), "--out", "json", "--retcode-passthrough", *args],
+        capture_output=True, text=True, env=env, timeout=180, check=False,
+    )
+    try:
+        return proc.returncode, json.loads(proc.stdout)["local"] if proc.stdout.strip() else None, proc
+    except ValueError:
+        return proc.returncode, None, proc
+
+
+def test_pip_install_entry_point(pip_prefix, consul_agent, tmp_path):
+    rc, env, proc = _salt_call(tmp_path, consul_agent, pip_prefix, "grains.get", "env")
+    assert rc == 0, proc.stderr
+    assert (env["type"], env["group"], env["datacenter"], env["role"]) == ("stg", "blue", "dc7", "db")
+    rc, leader, proc = _salt_call(tmp_path, consul_agent, pip_prefix, "consul.status_leader")
+    assert rc == 0, proc.stderr
+    assert leader.startswith("127.0.0.1:")
+    rc, name, proc = _salt_call(tmp_path, consul_agent, pip_prefix, "consul.service_name", "db")
+    assert (rc, name) == (0, "db.stg.blue.dc7"), proc.stderr
+    # Control: without the installed package there is no env grain and no such function,
+    # so the answers above came from the entry point.
+    rc, env, proc = _salt_call(tmp_path, consul_agent, None, "grains.get", "env")
+    assert env in ("", None)
+    rc, name, proc = _salt_call(tmp_path, consul_agent, None, "consul.service_name", "db")
+    assert rc != 0
