@@ -46,7 +46,8 @@ class Fleet:
         for name in LOADER_DIRS:
             if (REPO / name).is_dir():
                 (self.tree / name).symlink_to(REPO / name)
-        for entry in (REPO / "formulas").iterdir():
+        formulas = REPO / "formulas"
+        for entry in formulas.iterdir() if formulas.is_dir() else ():
             (self.tree / entry.name).symlink_to(entry)
         self.extmods = self.workdir / "extmods"
 
