@@ -67,6 +67,7 @@ class LocalConsul:
         persist=False,
         extra_config=None,
         log_dir=None,
+        tls=None,
     ):
         self.datacenter = datacenter
         self.acl = acl
@@ -84,12 +85,21 @@ class LocalConsul:
             "serf_wan": free_udp_tcp_port(bind),
             "server": free_port(bind),
         }
+        # tls: {"cert_file", "key_file", "ca_file", "verify_incoming"} -> an HTTPS
+        # listener next to the plain one (which the readiness checks use).
+        self.tls = tls
+        if tls:
+            self.ports["https"] = free_port(bind)
         self.proc = None
         self._log = None
 
     @property
     def http_addr(self):
         return f"http://{self.bind}:{self.ports['http']}"
+
+    @property
+    def https_addr(self):
+        return f"https://{self.bind}:{self.ports['https']}" if self.tls else None
 
     @property
     def wan_addr(self):
@@ -105,7 +115,7 @@ class LocalConsul:
             "client_addr": self.bind,
             "advertise_addr": self.bind,
             "advertise_addr_wan": self.bind,
-            "ports": dict(self.ports, grpc=-1, https=-1),
+            "ports": dict({"https": -1}, **self.ports, grpc=-1),
             "data_dir": os.path.join(self.workdir, "data"),
             "log_level": "INFO",
             "disable_update_check": True,
@@ -116,6 +126,16 @@ class LocalConsul:
             "check_update_interval": "0s",
             "dns_config": {"allow_stale": True, "node_ttl": "0s", "service_ttl": {"*": "0s"}},
         }
+        if self.tls:
+            conf.update(
+                cert_file=self.tls["cert_file"],
+                key_file=self.tls["key_file"],
+                ca_file=self.tls["ca_file"],
+                verify_incoming=False,
+                verify_incoming_rpc=False,
+                verify_incoming_https=bool(self.tls.get("verify_incoming")),
+                verify_outgoing=False,
+            )
         if self.acl:
             conf["primary_datacenter"] = self.extra_config.get("primary_datacenter", self.datacenter)
             conf["acl"] = {
