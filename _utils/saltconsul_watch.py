@@ -1,0 +1,503 @@
+"""
+Watch Consul with blocking queries and report what changed, in quiet bursts.
+
+The loop logic shared by the ``consul_watch`` engine (master side, blocking)
+and the ``consul_watch`` beacon (minion side, one short query per interval):
+
+.. code-block:: python
+
+    import saltconsul_watch
+
+    watcher = saltconsul_watch.Watcher(client, saltconsul_watch.KVWatch("config/"))
+    while not stop.is_set():
+        for tag, payload in watcher.step():
+            fire(payload, tag)
+        stop.wait(watcher.pause())
+
+What a watch guarantees:
+
+* **Only what changed, never values.** A KV watch keeps ``{key: ModifyIndex}``
+  and reports keys ``added`` / ``changed`` / ``deleted`` (plus the environment
+  each key's path names); a service watch keeps the set of healthy instances and
+  reports the new healthy list with ``added`` / ``removed`` instance IDs. KV
+  values are never read into an event (Consul returns them in a recursive GET;
+  they are dropped at once).
+* **One event per burst.** After the first change the watcher waits until
+  nothing has changed for ``min_wait`` seconds, or ``max_wait`` seconds have
+  passed since the first change, then reports the net difference against what
+  it reported last. A key written ten times, or added and deleted again within
+  a burst, yields one event (or none).
+* **No busy loop.** Consecutive queries are at least ``min_interval`` apart,
+  whatever Consul answers (it may return at once with the same index).
+* **Survives Consul restarts.** A failed query backs off exponentially (bounded
+  by ``backoff_max``); the next query after a failure is a plain (non-blocking)
+  re-read, so an agent that came back with a lower index (data lost, or a new
+  agent) resets the index instead of blocking on an index it will never reach.
+  A lower index on any answer also resets.
+
+The ``step``/``pause`` split keeps sleeping out of this module, so the engine
+can wait on a stop event and the beacon can return immediately.
+"""
+
+import logging
+import random
+import re
+import time
+
+from saltconsul_errors import ConsulError, ConsulNotFound, ConsulPermissionDenied
+
+log = logging.getLogger(__name__)
+
+TAG_PREFIX = "salt/consul"
+# The KV layout the ext_pillar reads by default: layer roots over the environment.
+DEFAULT_LAYERS = (
+    "config/global",
+    "config/{datacenter}",
+    "config/{type}",
+    "config/{type}/{group}",
+    "config/{type}/{group}/{datacenter}",
+    "nodes/{minion_id}",
+)
+DEFAULT_TYPES = ("prod", "stg", "dev", "qa", "test", "uat")
+# Bound the key lists an event carries; a larger burst says ``truncated``.
+MAX_KEYS = 500
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_FIELD = re.compile(r"{(\w+)}")
+
+
+def _norm_prefix(prefix):
+    prefix = str(prefix or "").strip().lstrip("/")
+    if not prefix or ".." in prefix.split("/"):
+        raise ValueError(f"bad KV prefix {prefix!r}")
+    return prefix
+
+
+def tag_for(kind, name, tag_prefix=TAG_PREFIX):
+    """``salt/consul/kv/config`` or ``salt/consul/service/db`` (no trailing slash)."""
+    return f"{tag_prefix.rstrip('/')}/{kind}/{name.strip('/')}"
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def compile_layers(layers=None, types=None):
+    """
+    Turn layer templates (``config/{type}/{group}``) into matchers, most
+    specific (most fields) first. ``{type}`` only matches a configured type;
+    ``{datacenter}`` never matches a type or ``global``, so ``config/prod/...``
+    is read as a type, not a datacenter.
+    """
+    types = [t for t in (types or DEFAULT_TYPES) if re.fullmatch(_LABEL, str(t))]
+    type_re = "|".join(re.escape(t) for t in types) or "(?!)"
+    not_type = "(?!(?:" + "|".join([re.escape(t) for t in types] + ["global"]) + ")(?:/|$))"
+    compiled = []
+    for template in layers or DEFAULT_LAYERS:
+        template = str(template).strip("/")
+        parts = []
+        pos = 0
+        for match in _FIELD.finditer(template):
+            parts.append(re.escape(template[pos : match.start()]))
+            field = match.group(1)
+            if field == "type":
+                parts.append(f"(?P<type>{type_re})")
+            elif field == "datacenter":
+                parts.append(f"{not_type}(?P<datacenter>{_LABEL})")
+            elif field == "minion_id":
+                parts.append(r"(?P<minion_id>[^/]+)")
+            else:
+                parts.append(f"(?P<{field}>{_LABEL})")
+            pos = match.end()
+        parts.append(re.escape(template[pos:]))
+        regex = re.compile("^" + "".join(parts) + "(?:/|$)")
+        compiled.append((template, len(_FIELD.findall(template)), regex))
+    compiled.sort(key=lambda item: -item[1])
+    return compiled
+
+
+def layer_matches(key, compiled):
+    """
+    Every layer whose root contains ``key``, most specific first, as
+    ``{"layer": template, <field>: value, ...}``. A key under
+    ``config/prod/gg/db/`` matches ``config/{type}/{group}/{datacenter}`` with
+    ``datacenter: db`` as well as ``config/{type}/{group}``: only a caller that
+    knows the real datacenters (the master, from minion IDs) can tell which.
+    """
+    found = []
+    for template, _count, regex in compiled:
+        match = regex.match(key)
+        if match:
+            found.append(dict(match.groupdict(), layer=template))
+    return found
+
+
+def key_env(key, compiled):
+    """The environment the most specific matching layer gives ``key`` (a hint), or None."""
+    matches = layer_matches(key, compiled)
+    return matches[0] if matches else None
+
+
+# --------------------------------------------------------------------------- watches
+
+
+class KVWatch:
+    """
+    Watch every key under a KV prefix.
+
+    prefix
+        The prefix (``config/``); a trailing ``/`` watches a folder, without it
+        any key starting with the text.
+    dc
+        Datacenter to watch (default: the client's).
+    layers / types
+        Layer templates and environment types used to name the environment of
+        each changed key in the event (``envs``).
+    """
+
+    kind = "kv"
+
+    def __init__(self, prefix, dc=None, layers=None, types=None, tag_prefix=TAG_PREFIX):
+        self.prefix = _norm_prefix(prefix)
+        self.dc = dc
+        self.layers = compile_layers(layers, types)
+        self.tag = tag_for("kv", self.prefix, tag_prefix)
+        self.name = self.prefix
+
+    def fetch(self, client, index=None, wait=None):
+        """``(index, {key: modify_index})``; values are dropped as they arrive."""
+        try:
+            resp = client.request(
+                "GET", f"/v1/kv/{self.prefix}", params={"recurse": True}, dc=self.dc, index=index, wait=wait
+            )
+        except ConsulNotFound:
+            # Nothing under the prefix. The client drops the 404's X-Consul-Index,
+            # so the caller polls (bounded by min_interval) until a key appears.
+            return None, {}
+        entries = resp.json() or []
+        return resp.index, {e["Key"]: e["ModifyIndex"] for e in entries}
+
+    def diff(self, old, new):
+        """Net change from snapshot ``old`` to ``new``, or None if there is none."""
+        added = sorted(k for k in new if k not in old)
+        deleted = sorted(k for k in old if k not in new)
+        changed = sorted(k for k in new if k in old and new[k] != old[k])
+        if not (added or deleted or changed):
+            return None
+        envs = []
+        for key in added + changed + deleted:
+            env = key_env(key, self.layers)
+            if env and env not in envs:
+                envs.append(env)
+        total = len(added) + len(changed) + len(deleted)
+        return {
+            "prefix": self.prefix,
+            "dc": self.dc,
+            "added": added[:MAX_KEYS],
+            "changed": changed[:MAX_KEYS],
+            "deleted": deleted[:MAX_KEYS],
+            "count": total,
+            "truncated": max(len(added), len(changed), len(deleted)) > MAX_KEYS,
+            "envs": envs[:MAX_KEYS],
+        }
+
+
+class ServiceWatch:
+    """
+    Watch the healthy (passing) instances of one service.
+
+    service
+        Service name.
+    dc
+        Datacenter (default: the client's).
+    tag
+        Only instances with this tag.
+    passing
+        True (default): only instances whose checks all pass count as healthy.
+    """
+
+    kind = "service"
+
+    def __init__(self, service, dc=None, tag=None, passing=True, tag_prefix=TAG_PREFIX):
+        service = str(service or "").strip()
+        if not service or "/" in service:
+            raise ValueError(f"bad service name {service!r}")
+        self.service = self.name = service
+        self.dc = dc
+        self.filter_tag = tag
+        self.passing = passing
+        self.tag = tag_for("service", service, tag_prefix)
+
+    def fetch(self, client, index=None, wait=None):
+        """``(index, {instance_id: instance})`` for the healthy instances."""
+        resp = client.request(
+            "GET",
+            f"/v1/health/service/{self.service}",
+            params={"passing": self.passing, "tag": self.filter_tag},
+            dc=self.dc,
+            index=index,
+            wait=wait,
+        )
+        snapshot = {}
+        for entry in resp.json() or []:
+            svc, node = entry.get("Service") or {}, entry.get("Node") or {}
+            inst = {
+                "id": svc.get("ID"),
+                "node": node.get("Node"),
+                "address": svc.get("Address") or node.get("Address"),
+                "port": svc.get("Port"),
+                "tags": sorted(svc.get("Tags") or []),
+                "datacenter": node.get("Datacenter") or self.dc,
+            }
+            snapshot[f"{inst['node']}/{inst['id']}"] = inst
+        return resp.index, snapshot
+
+    def diff(self, old, new):
+        # Check output or index churn without a change in the healthy set is no event.
+        if old == new:
+            return None
+        return {
+            "service": self.service,
+            "dc": self.dc,
+            "healthy": [new[k] for k in sorted(new)],
+            "added": sorted(k for k in new if k not in old),
+            "removed": sorted(k for k in old if k not in new),
+        }
+
+
+# --------------------------------------------------------------------------- watcher
+
+
+class Watcher:
+    """
+    The blocking-query state machine for one watch.
+
+    client
+        A ``saltconsul_client.ConsulClient`` (one per thread for the engine).
+    watch
+        A :class:`KVWatch` or :class:`ServiceWatch`.
+    wait
+        Longest blocking query while idle (seconds; Consul caps it at 600).
+    min_wait / max_wait
+        Quiet period: report once nothing changed for ``min_wait`` seconds, or
+        ``max_wait`` after the first change of a burst at the latest.
+    min_interval
+        Least time between two queries (the guard against busy loops).
+    poll_interval
+        Time between plain reads while there is no index to block on (an empty
+        KV prefix answers 404, and the client does not pass on its index).
+    backoff / backoff_max
+        First and longest pause after a failed query (doubling, with jitter).
+    initial
+        ``"baseline"`` (default): the first successful read is the baseline and
+        reports nothing. ``"report"``: the first read is reported as all added
+        (for a beacon that must tell about what it finds on start).
+    """
+
+    def __init__(
+        self,
+        client,
+        watch,
+        wait=300.0,
+        min_wait=2.0,
+        max_wait=30.0,
+        min_interval=0.5,
+        poll_interval=2.0,
+        backoff=1.0,
+        backoff_max=30.0,
+        initial="baseline",
+        clock=time.monotonic,
+    ):
+        if min_wait < 0 or max_wait < min_wait:
+            raise ValueError("need 0 <= min_wait <= max_wait")
+        if min_interval <= 0 or backoff <= 0 or backoff_max < backoff:
+            raise ValueError("min_interval and backoff must be positive, backoff_max >= backoff")
+        self.client = client
+        self.watch = watch
+        self.wait = float(wait)
+        self.min_wait = float(min_wait)
+        self.max_wait = float(max_wait)
+        self.min_interval = float(min_interval)
+        self.poll_interval = max(float(poll_interval), self.min_interval)
+        self.backoff_base = float(backoff)
+        self.backoff_max = float(backoff_max)
+        self.clock = clock
+        self.index = None
+        self.reported = {} if initial == "report" else None  # snapshot last reported
+        self.current = None  # snapshot last read
+        self.first_change = None  # when the pending burst began
+        self.last_change = None
+        self.failures = 0
+        self.resync = True  # next query is a plain re-read
+        self.not_before = 0.0  # no query before this clock time
+        self.stats = {"queries": 0, "errors": 0, "events": 0, "resets": 0}
+
+    @property
+    def pending(self):
+        return self.first_change is not None
+
+    def pause(self):
+        """Seconds to wait before the next :meth:`step` (0 if it may run now)."""
+        return max(0.0, self.not_before - self.clock())
+
+    def _block_for(self, now, limit):
+        """How long the next blocking query may wait: idle, or until the burst must be reported."""
+        wait = self.wait if limit is None else min(self.wait, limit)
+        if self.pending:
+            quiet_left = self.last_change + self.min_wait - now
+            max_left = self.first_change + self.max_wait - now
+            wait = min(wait, quiet_left, max_left)
+        return max(wait, 0.0)
+
+    def _due(self, now):
+        return self.pending and (
+            now - self.last_change >= self.min_wait or now - self.first_change >= self.max_wait
+        )
+
+    def _report(self):
+        """The pending burst as ``[(tag, payload)]`` (empty if it cancelled out)."""
+        self.first_change = self.last_change = None
+        change = self.watch.diff(self.reported or {}, self.current)
+        self.reported = self.current
+        if change is None:
+            return []
+        change["index"] = self.index
+        self.stats["events"] += 1
+        return [(self.watch.tag, change)]
+
+    def step(self, max_block=None):
+        """
+        Run at most one query (blocking up to ``max_block`` seconds, or the
+        configured ``wait``) and return the events due now as ``[(tag, payload)]``.
+        Never sleeps by itself: call :meth:`pause` for how long to wait next.
+        """
+        now = self.clock()
+        if now < self.not_before:
+            return []
+        if self._due(now):
+            return self._report()
+        started = now
+        wait = self._block_for(now, max_block)
+        blocking = not self.resync and self.index is not None and wait > 0
+        try:
+            self.stats["queries"] += 1
+            index, snapshot = self.watch.fetch(
+                self.client, index=self.index if blocking else None, wait=wait if blocking else None
+            )
+        except ConsulError as err:
+            self._failed(err)
+            return []
+        now = self.clock()
+        self.failures = 0
+        if index is not None and self.index is not None and index < self.index:
+            # The agent came back with less history (restart without data, a
+            # new server): the old index would block until timeout. Reset.
+            log.info("consul watch %s: index went back (%s -> %s), re-read", self.watch.name, self.index, index)
+            self.stats["resets"] += 1
+        if index is not None and index < 1:
+            index = 1  # Consul never blocks on 0; treat as the start of history
+        self.index = index
+        self.resync = False
+        if self.reported is None:
+            # First successful read: the baseline, nothing to report.
+            self.reported = self.current = snapshot
+        elif snapshot != self.current:
+            self.current = snapshot
+            if self.first_change is None:
+                self.first_change = now
+            self.last_change = now
+        # The minimum gap between queries, whatever Consul did (an immediate
+        # answer with the same index must not turn into a tight loop).
+        self.not_before = started + self.min_interval
+        if index is None:
+            # No index to block on (empty prefix): a plain poll every poll_interval.
+            self.not_before = now + self.poll_interval
+        if self._due(now):
+            return self._report()
+        return []
+
+    def _failed(self, err):
+        self.failures += 1
+        self.stats["errors"] += 1
+        self.resync = True
+        delay = min(self.backoff_max, self.backoff_base * (2 ** min(self.failures - 1, 16)))
+        delay = delay * (0.75 + random.random() * 0.25)  # jitter: many watchers do not retry in step
+        if isinstance(err, ConsulPermissionDenied):
+            delay = self.backoff_max  # will not fix itself soon
+        self.not_before = self.clock() + delay
+        # The message names method, path and cause; never a token or value.
+        level = logging.WARNING if self.failures in (1, 5) or self.failures % 20 == 0 else logging.DEBUG
+        log.log(level, "consul watch %s: %s (failure %d, retry in %.1fs)", self.watch.name, err, self.failures, delay)
+
+    def run(self, emit, stop=None, deadline=None, max_steps=None):
+        """
+        Drive :meth:`step` until ``stop`` (a ``threading.Event``) is set, the
+        ``deadline`` (clock time) passes or ``max_steps`` steps ran; call
+        ``emit(tag, payload)`` for each event. Waits happen on ``stop`` so a
+        stop request is honoured at once.
+        """
+        steps = 0
+        while True:
+            if stop is not None and stop.is_set():
+                return
+            if deadline is not None and self.clock() >= deadline:
+                return
+            if max_steps is not None and steps >= max_steps:
+                return
+            steps += 1
+            limit = None if deadline is None else max(deadline - self.clock(), 0.0)
+            for tag, payload in self.step(max_block=limit):
+                emit(tag, payload)
+            pause = self.pause()
+            if deadline is not None:
+                pause = min(pause, max(deadline - self.clock(), 0.0))
+            if pause > 0:
+                if stop is not None:
+                    stop.wait(pause)
+                else:
+                    time.sleep(pause)
+
+
+def build_watches(config, tag_prefix=TAG_PREFIX, layers=None, types=None):
+    """
+    Watches from engine/beacon config::
+
+        kv:
+          - config/                      # a prefix, or a mapping:
+          - {prefix: nodes/, dc: dc2}
+        services:
+          - db                           # a name, or a mapping:
+          - {name: web, tag: prod, dc: dc1, passing: true}
+
+    Raises ValueError on a malformed entry.
+    """
+    watches = []
+    for entry in config.get("kv") or []:
+        if isinstance(entry, str):
+            entry = {"prefix": entry}
+        if not isinstance(entry, dict) or "prefix" not in entry:
+            raise ValueError(f"kv watch needs a prefix: {entry!r}")
+        watches.append(
+            KVWatch(entry["prefix"], dc=entry.get("dc"), layers=layers, types=types, tag_prefix=tag_prefix)
+        )
+    for entry in config.get("services") or []:
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ValueError(f"service watch needs a name: {entry!r}")
+        watches.append(
+            ServiceWatch(
+                entry["name"],
+                dc=entry.get("dc"),
+                tag=entry.get("tag"),
+                passing=entry.get("passing", True),
+                tag_prefix=tag_prefix,
+            )
+        )
+    return watches
+
+
+WATCHER_OPTIONS = ("wait", "min_wait", "max_wait", "min_interval", "poll_interval", "backoff", "backoff_max")
+
+
+def watcher_options(config):
+    """The :class:`Watcher` keyword arguments present in ``config``, as floats."""
+    return {k: float(config[k]) for k in WATCHER_OPTIONS if config.get(k) is not None}

@@ -1,0 +1,210 @@
+"""
+The watcher (``_utils/saltconsul_watch.py``) against a real Consul agent:
+what it reports, once per burst, never values, no busy loop; and the beacon
+through Salt's real beacons loader.
+"""
+
+import json
+import threading
+import time
+
+import pytest
+
+import saltconsul_client
+import saltconsul_watch
+
+
+@pytest.fixture
+def client(consul_agent):
+    return saltconsul_client.get_client({"consul": {"address": consul_agent.http_addr, "retries": 0}}, {})
+
+
+def _put(agent, key, value):
+    status, _ = agent.api("PUT", f"/v1/kv/{key}", value.encode())
+    assert status == 200
+
+
+def _run_until_event(watcher, limit=20.0):
+    """Drive the watcher until it reports (bounded); return the events."""
+    events = []
+    deadline = time.monotonic() + limit
+    stop = threading.Event()
+
+    def emit(tag, payload):
+        events.append((tag, payload))
+        stop.set()
+
+    watcher.run(emit, stop=stop, deadline=deadline)
+    return events
+
+
+def test_kv_burst_reports_once_without_values(consul_agent, client, kv_prefix):
+    _put(consul_agent, f"{kv_prefix}/config/prod/gg/db/pool_size", "10")
+    _put(consul_agent, f"{kv_prefix}/config/prod/gg/old", "x")
+    watch = saltconsul_watch.KVWatch(
+        f"{kv_prefix}/config/", layers=[f"{kv_prefix}/config/{{type}}/{{group}}", f"{kv_prefix}/config/{{type}}"]
+    )
+    watcher = saltconsul_watch.Watcher(client, watch, wait=5, min_wait=1.0, max_wait=10, min_interval=0.2)
+    assert watcher.step() == []  # the baseline read reports nothing
+    assert watcher.index
+
+    secret = "s3cr3t-value-never-in-events"
+    writer = threading.Thread(
+        target=lambda: [
+            _put(consul_agent, f"{kv_prefix}/config/prod/gg/db/pool_size", str(20 + i)) for i in range(5)
+        ]
+        + [
+            _put(consul_agent, f"{kv_prefix}/config/prod/gg/app/password", secret),
+            consul_agent.api("DELETE", f"/v1/kv/{kv_prefix}/config/prod/gg/old"),
+            # Added and deleted within the burst: no net change, not reported.
+            _put(consul_agent, f"{kv_prefix}/config/prod/gg/tmp", "t"),
+            consul_agent.api("DELETE", f"/v1/kv/{kv_prefix}/config/prod/gg/tmp"),
+        ]
+    )
+    writer.start()
+    events = _run_until_event(watcher)
+    writer.join()
+    # Let a second, spurious event show itself if the burst were split.
+    more = []
+    watcher.run(lambda t, p: more.append(p), deadline=time.monotonic() + 2.5)
+
+    assert len(events) == 1, events
+    assert more == []
+    tag, payload = events[0]
+    assert tag == f"salt/consul/kv/{kv_prefix}/config"
+    assert payload["added"] == [f"{kv_prefix}/config/prod/gg/app/password"]
+    assert payload["changed"] == [f"{kv_prefix}/config/prod/gg/db/pool_size"]
+    assert payload["deleted"] == [f"{kv_prefix}/config/prod/gg/old"]
+    assert payload["count"] == 3 and payload["truncated"] is False
+    assert payload["envs"] == [{"layer": f"{kv_prefix}/config/{{type}}/{{group}}", "type": "prod", "group": "gg"}]
+    assert payload["index"] >= watcher.index - 0  # the index the event reflects
+    assert secret not in json.dumps(payload)
+    assert "20" not in json.dumps(payload["changed"])
+    # What Consul really holds agrees with the event.
+    status, _ = consul_agent.api("GET", f"/v1/kv/{kv_prefix}/config/prod/gg/old")
+    assert status == 404
+
+
+def test_kv_watch_on_empty_prefix_sees_first_key(consul_agent, client, kv_prefix):
+    watch = saltconsul_watch.KVWatch(f"{kv_prefix}/empty/")
+    watcher = saltconsul_watch.Watcher(
+        client, watch, wait=2, min_wait=0.3, max_wait=5, min_interval=0.1, poll_interval=0.3
+    )
+    assert watcher.step() == []
+    assert watcher.index is None  # 404: nothing to block on yet
+    _put(consul_agent, f"{kv_prefix}/empty/first", "1")
+    events = _run_until_event(watcher)
+    assert [p["added"] for _, p in events] == [[f"{kv_prefix}/empty/first"]]
+    assert watcher.index  # from now on it blocks
+
+
+def test_max_wait_bounds_a_continuous_burst(consul_agent, client, kv_prefix):
+    watch = saltconsul_watch.KVWatch(f"{kv_prefix}/busy/")
+    _put(consul_agent, f"{kv_prefix}/busy/k", "0")
+    watcher = saltconsul_watch.Watcher(client, watch, wait=5, min_wait=3.0, max_wait=3.0, min_interval=0.1)
+    watcher.step()
+    stop = threading.Event()
+
+    def keep_writing():
+        for i in range(200):  # bounded: about 10 s at most
+            if stop.wait(0.05):
+                return
+            _put(consul_agent, f"{kv_prefix}/busy/k", str(i))
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        # Writes never pause for min_wait, yet max_wait forces a report.
+        events = _run_until_event(watcher, limit=15)
+    finally:
+        stop.set()
+        writer.join()
+    assert len(events) == 1
+    assert events[0][1]["changed"] == [f"{kv_prefix}/busy/k"]
+
+
+def test_no_busy_loop_when_consul_answers_at_once(consul_agent, client, kv_prefix):
+    """A 0-second blocking wait makes Consul answer at once; min_interval caps the query rate."""
+    _put(consul_agent, f"{kv_prefix}/idle/k", "v")
+    watch = saltconsul_watch.KVWatch(f"{kv_prefix}/idle/")
+    watcher = saltconsul_watch.Watcher(client, watch, wait=0.01, min_wait=0.5, max_wait=1, min_interval=0.25)
+    before = client.stats["requests"]
+    started = time.monotonic()
+    watcher.run(lambda t, p: None, deadline=started + 2.0)
+    elapsed = time.monotonic() - started
+    requests = client.stats["requests"] - before
+    # At most one query per min_interval (plus the first); a busy loop makes hundreds.
+    assert 1 <= requests <= elapsed / 0.25 + 2, requests
+
+
+def test_service_health_change_reports_healthy_list(consul_agent, client):
+    name = "watchsvc"
+    reg = {"Name": name, "ID": f"{name}-1", "Port": 8001, "Tags": ["prod", "gg"], "Check": {"TTL": "60s"}}
+    assert consul_agent.api("PUT", "/v1/agent/service/register", reg)[0] == 200
+    reg2 = dict(reg, ID=f"{name}-2", Port=8002)
+    assert consul_agent.api("PUT", "/v1/agent/service/register", reg2)[0] == 200
+    try:
+        assert consul_agent.api("PUT", f"/v1/agent/check/pass/service:{name}-1")[0] == 200
+        watch = saltconsul_watch.ServiceWatch(name)
+        watcher = saltconsul_watch.Watcher(client, watch, wait=5, min_wait=0.5, max_wait=5, min_interval=0.2)
+        watcher.step()
+        assert [i["id"] for i in watcher.current.values()] == [f"{name}-1"]
+
+        # A check output change (same health) is no event; instance 2 passing is.
+        consul_agent.api("PUT", f"/v1/agent/check/pass/service:{name}-1?note=still-fine")
+        consul_agent.api("PUT", f"/v1/agent/check/pass/service:{name}-2")
+        events = _run_until_event(watcher)
+        assert len(events) == 1
+        tag, payload = events[0]
+        assert tag == f"salt/consul/service/{name}"
+        assert sorted(i["port"] for i in payload["healthy"]) == [8001, 8002]
+        assert payload["added"] == [f"{consul_agent.node_name}/{name}-2"]
+        assert payload["removed"] == []
+
+        consul_agent.api("PUT", f"/v1/agent/check/fail/service:{name}-1")
+        events = _run_until_event(watcher)
+        assert [i["id"] for i in events[0][1]["healthy"]] == [f"{name}-2"]
+        assert events[0][1]["removed"] == [f"{consul_agent.node_name}/{name}-1"]
+        health = consul_agent.api_json("GET", f"/v1/health/service/{name}?passing")
+        assert [h["Service"]["ID"] for h in health] == [f"{name}-2"]
+    finally:
+        consul_agent.api("PUT", f"/v1/agent/service/deregister/{name}-1")
+        consul_agent.api("PUT", f"/v1/agent/service/deregister/{name}-2")
+
+
+def test_unreachable_consul_backs_off(consul_agent):
+    """Nothing listens on the address: each failure pauses longer (bounded), no tight retry."""
+    import localconsul
+
+    dead = saltconsul_client.get_client(
+        {"consul": {"address": f"http://127.0.0.1:{localconsul.free_port()}", "retries": 0, "connect_timeout": 0.5}},
+        {},
+    )
+    watcher = saltconsul_watch.Watcher(
+        dead, saltconsul_watch.KVWatch("x/"), backoff=0.2, backoff_max=0.8, min_interval=0.1
+    )
+    pauses = []
+    for _ in range(4):
+        assert watcher.step() == []
+        pauses.append(watcher.pause())
+        watcher.not_before = 0  # skip the actual wait; we check the schedule
+    assert watcher.stats["errors"] == 4
+    assert all(p > 0 for p in pauses)
+    assert pauses[1] > pauses[0] * 1.2 and max(pauses) <= 0.8
+    assert watcher.resync is True  # the next successful query is a plain re-read
+
+
+def test_layers_name_the_environment():
+    compiled = saltconsul_watch.compile_layers()
+    env = saltconsul_watch.key_env
+    assert env("config/prod/gg/db/pool", compiled)["layer"] == "config/{type}/{group}/{datacenter}"
+    matches = saltconsul_watch.layer_matches("config/prod/gg/db/pool", compiled)
+    assert [m["layer"] for m in matches] == [
+        "config/{type}/{group}/{datacenter}",
+        "config/{type}/{group}",
+        "config/{type}",
+    ]
+    assert env("config/mydc1/ntp", compiled) == {"layer": "config/{datacenter}", "datacenter": "mydc1"}
+    assert env("config/global/ntp", compiled) == {"layer": "config/global"}
+    assert env("nodes/web01.prod.gg.mydc1/x", compiled)["minion_id"] == "web01.prod.gg.mydc1"
+    assert env("other/key", compiled) is None
