@@ -204,3 +204,24 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+# --------------------------------------------------------------------------- two datacenters
+
+
+@pytest.fixture(scope="session")
+def consul_dc_pair(tmp_path_factory):
+    """
+    Two real Consul servers, datacenters ``dc1`` and ``dc2``, WAN-joined on
+    loopback: ``(dc1, dc2)``. Tests reach dc2 through dc1 with ``?dc=dc2``.
+    """
+    dc1 = localconsul.LocalConsul("dc1", node_name="wan-dc1", log_dir=str(tmp_path_factory.mktemp("wan-dc1")))
+    dc2 = localconsul.LocalConsul("dc2", node_name="wan-dc2", log_dir=str(tmp_path_factory.mktemp("wan-dc2")))
+    try:
+        dc1.start()
+        dc2.start()
+        localconsul.wan_join(dc1, dc2)
+        yield dc1, dc2
+    finally:
+        dc2.cleanup()
+        dc1.cleanup()
