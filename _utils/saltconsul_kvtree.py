@@ -1,0 +1,298 @@
+"""
+Turn Consul KV entries into nested pillar-style dicts: value decoding, tree
+building (including keys that are both a leaf and a folder), layer templates
+and layer merging.
+
+Pure logic: nothing here talks to Consul, and nothing here ever logs or formats
+a *value* (values may be secrets); key names are not secret and do appear in
+warnings.
+
+.. code-block:: python
+
+    import saltconsul_kvtree
+
+    entries = [("config/global/db/pool", b"10"), ("config/global/db/opts", b'{"a": 1}')]
+    saltconsul_kvtree.build_tree(entries, "config/global")
+    # {"db": {"pool": "10", "opts": {"a": 1}}}
+
+Decoding modes (per layer):
+
+``auto`` (default)
+    The exact stored string, unless it is a JSON object or array, which becomes
+    the structure. No number or YAML 1.1 coercion: ``yes`` stays ``"yes"``,
+    ``0123`` stays ``"0123"``, ``10`` stays ``"10"``.
+``json``
+    Every value parsed as JSON (``10`` becomes ``10``, ``"x"`` becomes ``x``).
+``yaml``
+    Every value parsed with Salt's YAML loader (YAML 1.1 rules: ``yes`` becomes
+    ``True``); for operators who store YAML documents on purpose.
+``raw``
+    Every value is the exact stored string.
+
+A value that fails to decode stays as its raw string, with a warning that names
+the key (never the value). A value that is not UTF-8 stays as ``bytes``.
+
+A key that is both a leaf and a folder (``db`` = ``"x"`` and ``db/pool`` =
+``"5"``) keeps both: the folder keeps the name and the leaf's value moves into
+it under ``leaf_key`` (default ``_value``): ``{"db": {"_value": "x", "pool": "5"}}``.
+A folder placeholder key (``db/``, as the Consul UI creates) gives an empty dict.
+"""
+
+import base64
+import binascii
+import logging
+import re
+
+import salt.utils.dictupdate
+import salt.utils.json
+import salt.utils.yaml
+
+log = logging.getLogger(__name__)
+
+DECODE_MODES = ("auto", "json", "yaml", "raw")
+DEFAULT_LEAF_KEY = "_value"
+
+# Non-overlapping roots: no layer lies inside another one's folder, so a
+# type-level layer can never carry every group's config along with it.
+DEFAULT_LAYERS = (
+    "config/global",
+    "config/dc/{datacenter}",
+    "config/type/{type}",
+    "config/group/{type}.{group}",
+    "config/env/{type}.{group}.{datacenter}",
+    "config/node/{minion_id}",
+)
+TEMPLATE_FIELDS = ("type", "group", "datacenter", "role", "host", "postfix", "minion_id")
+
+_FIELD = re.compile(r"{([^{}]*)}")
+# A minion ID that may become one KV path segment: hostname-like, no "/", no "..".
+_MINION_ID = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
+# Bound the warnings one tree build can log; the rest are counted.
+MAX_WARNINGS = 10
+
+
+class TemplateError(ValueError):
+    """A layer template that can never render a safe KV path."""
+
+
+def safe_minion_id(minion_id):
+    """True if ``minion_id`` can be one KV path segment (no ``/``, no ``..``, ASCII)."""
+    return isinstance(minion_id, str) and bool(_MINION_ID.match(minion_id)) and ".." not in minion_id
+
+
+def check_path(path, what="layer"):
+    """
+    Validate a KV folder path (no leading or trailing ``/``, no empty, ``.`` or
+    ``..`` segments) and return it; raise :class:`TemplateError` otherwise.
+    """
+    if not isinstance(path, str) or not path:
+        raise TemplateError(f"{what} path must be a non-empty string")
+    if path.startswith("/") or path.endswith("/"):
+        raise TemplateError(f"{what} path {path!r} must not start or end with '/'")
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            raise TemplateError(f"{what} path {path!r} has an empty, '.' or '..' segment")
+    return path
+
+
+def check_template(template):
+    """Validate a layer template (literal parts and field names); return it."""
+    if not isinstance(template, str):
+        raise TemplateError(f"layer template must be a string, not {type(template).__name__}")
+    for field in _FIELD.findall(template):
+        if field not in TEMPLATE_FIELDS:
+            raise TemplateError(
+                f"layer template {template!r}: unknown field {{{field}}} "
+                f"(known: {', '.join(TEMPLATE_FIELDS)})"
+            )
+    # Check the literal shape with every field replaced by a harmless label.
+    check_path(_FIELD.sub("x", template), what="layer template")
+    if "{" in _FIELD.sub("", template) or "}" in _FIELD.sub("", template):
+        raise TemplateError(f"layer template {template!r} has an unbalanced brace")
+    return template
+
+
+def render_template(template, values):
+    """
+    Render a layer template with ``values`` (env fields and ``minion_id``).
+
+    Returns the KV folder path, or None if a field it names is unknown (None or
+    empty) for this minion: the layer is then skipped, never widened.
+    Field values are used verbatim; callers pass only validated labels and a
+    :func:`safe_minion_id`.
+    """
+    missing = []
+
+    def _sub(match):
+        value = values.get(match.group(1))
+        if not value or not isinstance(value, str):
+            missing.append(match.group(1))
+            return ""
+        return value
+
+    rendered = _FIELD.sub(_sub, template)
+    if missing:
+        return None
+    return check_path(rendered)
+
+
+def nested_templates(templates):
+    """
+    Pairs ``(outer, inner)`` where ``inner`` lies inside ``outer``'s folder:
+    ``outer``'s tree then contains ``inner``'s keys *and* those of all its
+    siblings (every group's folder inside a type's).
+    """
+    pairs = []
+    for outer in templates:
+        for inner in templates:
+            if inner != outer and inner.startswith(outer + "/"):
+                pairs.append((outer, inner))
+    return pairs
+
+
+def decode_value(raw, mode="auto", key=None, warnings=None):
+    """
+    Decode one stored value (``bytes`` or None as Consul stores it).
+
+    raw
+        The stored bytes; None (a key with no value) gives ``""``.
+    mode
+        ``auto``, ``json``, ``yaml`` or ``raw`` (see the module docstring).
+    key
+        The key name, for the warning if the value fails to decode.
+    warnings
+        Optional list the failing key names are appended to instead of logging
+        each one (:func:`build_tree` batches them).
+    """
+    if raw is None:
+        return ""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    except UnicodeDecodeError:
+        _warn(key, "is not UTF-8 text; kept as bytes", warnings)
+        return bytes(raw)
+    if mode == "raw":
+        return text
+    if mode == "auto":
+        # Only a JSON object or array becomes a structure: everything else is
+        # the exact string, so nothing is ever coerced into a number or bool.
+        head = text.lstrip()[:1]
+        if head != "{" and head != "[":
+            return text
+    try:
+        if mode == "yaml":
+            return salt.utils.yaml.safe_load(text)
+        return salt.utils.json.loads(text)
+    except Exception:  # pylint: disable=broad-except
+        # The parser's message may quote the value: name only the key.
+        _warn(key, f"does not decode as {'JSON' if mode != 'yaml' else 'YAML'}; kept as the raw string", warnings)
+        return text
+
+
+def _warn(key, what, warnings):
+    if warnings is not None:
+        warnings.append((key, what))
+    else:
+        log.warning("consul KV key %r %s", key, what)
+
+
+def log_warnings(warnings):
+    """Log the batched decode warnings of one tree build, bounded."""
+    for key, what in warnings[:MAX_WARNINGS]:
+        log.warning("consul KV key %r %s", key, what)
+    if len(warnings) > MAX_WARNINGS:
+        log.warning("consul KV: %d more keys failed to decode", len(warnings) - MAX_WARNINGS)
+
+
+def b64decode(value):
+    """Consul's base64 ``Value`` field to bytes (None stays None)."""
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(value)
+    except (binascii.Error, ValueError, TypeError):
+        return None
+
+
+def build_tree(entries, root, mode="auto", leaf_key=DEFAULT_LEAF_KEY, warnings=None):
+    """
+    A nested dict from ``(key, raw_bytes_or_None)`` pairs under folder ``root``.
+
+    entries
+        Iterable of ``(key, raw)``; keys outside ``root + "/"`` are ignored.
+    root
+        The folder (without trailing ``/``); keys are taken relative to it. A
+        key equal to ``root`` itself is ignored.
+    mode
+        Decoding mode, see :func:`decode_value`.
+    leaf_key
+        Where a leaf's value goes when the same key is also a folder.
+    warnings
+        List to collect decode warnings in (else they are logged, bounded).
+    """
+    base = root + "/" if root else ""
+    cut = len(base)
+    own_warnings = warnings is None
+    if own_warnings:
+        warnings = []
+    tree = {}
+    # ids of dicts that are folders (as opposed to decoded JSON objects), so a
+    # leaf that decoded to a dict is still recognised as a leaf.
+    folders = {id(tree)}
+    for key, raw in entries:
+        if not key.startswith(base):
+            continue
+        rel = key[cut:]
+        if not rel:
+            continue
+        parts = rel.split("/")
+        node = tree
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+                folders.add(id(child))
+            elif id(child) not in folders:
+                child = node[part] = {leaf_key: child}
+                folders.add(id(child))
+            node = child
+        last = parts[-1]
+        if last == "":
+            # A folder placeholder ("db/"): the folder itself; a value stored on
+            # it (rare) is kept like a leaf's.
+            if raw:
+                node[leaf_key] = decode_value(raw, mode, key, warnings)
+            continue
+        value = decode_value(raw, mode, key, warnings)
+        existing = node.get(last)
+        if existing is not None and id(existing) in folders:
+            existing[leaf_key] = value
+        else:
+            node[last] = value
+    if own_warnings and warnings:
+        log_warnings(warnings)
+    return tree
+
+
+def tree_from_consul(entries, root, mode="auto", leaf_key=DEFAULT_LEAF_KEY, warnings=None):
+    """:func:`build_tree` over Consul's JSON entries (``{"Key", "Value"(base64)}``)."""
+    return build_tree(
+        ((e["Key"], b64decode(e.get("Value"))) for e in entries), root, mode, leaf_key, warnings
+    )
+
+
+def merge_trees(trees):
+    """
+    Deep-merge ``trees`` in order (later wins; dicts merge recursively, other
+    values, lists included, are replaced) with ``salt.utils.dictupdate.merge``.
+    The first tree is updated in place and returned: pass copies.
+    """
+    result = None
+    for tree in trees:
+        if not tree:
+            continue
+        if result is None:
+            result = tree
+        else:
+            result = salt.utils.dictupdate.merge(result, tree, strategy="recurse")
+    return result if result is not None else {}

@@ -1,0 +1,378 @@
+"""
+The master-side cache behind the ``consul`` ext_pillar: decoded KV layers
+shared by every minion that uses them, revalidated by Consul's index, with a
+last-good copy on disk for outages.
+
+It lives in ``_utils`` because Salt builds a fresh pillar loader (and a fresh
+``__context__``) for every pillar compile: state that must outlive one compile
+(the per-process cache, the watch thread, the HTTP client) sits in this
+module, which Python imports once per process.
+
+How freshness works
+-------------------
+
+One *watch index* stands for "the state of every key under the watch prefix"
+(by default the common folder of all layer templates, e.g. ``config``): it is
+the ``X-Consul-Index`` of ``GET /v1/kv/<prefix>/?keys&separator=/``, which
+Consul computes as the highest modify index of any key under the prefix,
+deleted keys included. A cached layer records the watch index seen *before* it
+was fetched, and is valid while the current watch index is the same.
+
+``revalidate: watch`` (default)
+    A daemon thread per master process holds a blocking query on that index
+    (``wait`` = ``watch_wait``) and updates it as soon as Consul answers with a
+    new one, so a compile with everything cached makes **no request at all**.
+    While the thread is not armed (first compile, after an error) the compile
+    makes one cheap index request itself.
+``revalidate: always``
+    Every compile makes that one cheap index request (no thread).
+
+Stale layers of one compile are fetched together in **one** ``PUT /v1/txn``
+with a ``get-tree`` operation per layer (read-only, at most 64 per Consul
+transaction).
+
+Outages
+-------
+
+Every fetched layer is also written to ``<cache_dir>/<sha256>.p`` (mode 0600,
+atomic replace), keyed by Consul address, datacenter, token hash, prefix and
+decoding options, so other master processes share it and a restarted master
+still has a last good copy.
+"""
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+
+import salt.payload
+
+import saltconsul_client
+import saltconsul_config
+import saltconsul_kvtree
+from saltconsul_errors import ConsulError
+
+log = logging.getLogger(__name__)
+
+FILE_VERSION = 1
+MAX_TXN_OPS = 64
+
+_STORES = {}
+_STORES_LOCK = threading.Lock()
+
+
+def _dumps(obj):
+    return salt.payload.dumps(obj, use_bin_type=True)
+
+
+def _loads(blob):
+    return salt.payload.loads(blob, raw=False)
+
+
+class Layer:
+    """One cached layer: the watch index it is valid for, when it was fetched, the packed tree."""
+
+    __slots__ = ("root", "index", "fetched_at", "blob")
+
+    def __init__(self, root, index, fetched_at, blob):
+        self.root = root
+        self.index = index
+        self.fetched_at = fetched_at
+        self.blob = blob
+
+    def tree(self):
+        """A private copy of the tree (callers and Salt's merge may mutate it)."""
+        return _loads(self.blob)
+
+
+class Watcher:
+    """
+    Holds the current watch index: armed by a first (non-blocking) request, then
+    kept current by a daemon thread doing blocking queries. Any error disarms
+    it; the next compile re-arms it with a plain request.
+    """
+
+    def __init__(self, client, prefix, wait):
+        self.client = client
+        self.path = "/v1/kv/" + (prefix + "/" if prefix else "")
+        self.wait = wait
+        self.index = None
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def query(self, index=None):
+        resp = self.client.request(
+            "GET",
+            self.path,
+            params={"keys": True, "separator": "/"},
+            index=index,
+            wait=self.wait if index is not None else None,
+            not_found_ok=True,
+        )
+        if resp is None:
+            # 404: nothing under the prefix (our client drops the 404's headers).
+            # 0 never equals a real index, so keys appearing later are seen.
+            return 0
+        if resp.index is None:
+            raise ConsulError(f"GET {self.path}: no X-Consul-Index in Consul's answer")
+        return resp.index
+
+    def arm(self, index, background=True):
+        with self._lock:
+            self.index = index
+            if background and index and (self._thread is None or not self._thread.is_alive()):
+                self._thread = threading.Thread(
+                    target=self._run, name="consul-pillar-watch", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self):
+        # Bounded in time by each blocking query's wait; ends on the first error
+        # (the next compile re-arms with a plain request, so nothing spins).
+        while True:
+            index = self.index
+            if not index:
+                return
+            started = time.monotonic()
+            try:
+                new = self.query(index)
+            except Exception as err:  # pylint: disable=broad-except
+                log.info("consul pillar: index watch on %s stopped: %s", self.path, err)
+                self.index = None
+                return
+            if new != index:
+                self.index = new
+            elif time.monotonic() - started < 0.5:
+                # Same index at once (Consul resets, index gone backwards): never spin.
+                time.sleep(0.5)
+
+
+def _sha(*parts):
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(repr(part).encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+class Store:
+    """
+    The per-process cache for one Consul endpoint + token + cache dir + watch
+    prefix. Get one with :func:`get_store`.
+    """
+
+    def __init__(self, opts, cache_dir, watch_prefix, revalidate="watch", watch_wait=300):
+        self.opts = opts
+        # Clients cached in module-level contexts: one for compiles, one for the
+        # watch thread (a blocking query must not hold a compile's connection).
+        self._context = {}
+        self._watch_context = {}
+        self.client = saltconsul_client.get_client(opts, self._context)
+        conf = self.client.conf
+        self.identity = _sha(conf["address"], conf["datacenter"], conf["token"] or "", watch_prefix)
+        self.cache_dir = cache_dir
+        self.revalidate = revalidate
+        self.watch_prefix = watch_prefix
+        self.watcher = Watcher(
+            saltconsul_client.get_client(opts, self._watch_context), watch_prefix, watch_wait
+        )
+        self.layers = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ stats
+    def stats(self):
+        """Requests made by this store: ``{"requests", "watch_requests", "fetches"}``."""
+        return {
+            "requests": self.client.stats["requests"],
+            "watch_requests": self.watcher.client.stats["requests"],
+        }
+
+    # ------------------------------------------------------------------ index
+    def current_index(self):
+        """The current watch index: the armed watcher's, else one plain request."""
+        if self.revalidate == "watch":
+            index = self.watcher.index
+            if index is not None:
+                return index
+        index = self.watcher.query()
+        self.watcher.arm(index, background=self.revalidate == "watch")
+        return index
+
+    # ------------------------------------------------------------------ disk
+    def _file(self, layer_key):
+        return os.path.join(self.cache_dir, layer_key + ".p")
+
+    def layer_key(self, root, mode, leaf_key):
+        return _sha(self.identity, root, mode, leaf_key, FILE_VERSION)
+
+    def _read_file(self, layer_key):
+        path = self._file(layer_key)
+        try:
+            with open(path, "rb") as fh:
+                data = _loads(fh.read())
+            return Layer(data["root"], data["index"], data["fetched_at"], data["blob"])
+        except FileNotFoundError:
+            return None
+        except Exception as err:  # pylint: disable=broad-except
+            log.warning("consul pillar: ignoring unreadable cache file %s: %s", path, type(err).__name__)
+            return None
+
+    def _write_file(self, layer_key, layer):
+        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+        payload = _dumps(
+            {"root": layer.root, "index": layer.index, "fetched_at": layer.fetched_at, "blob": layer.blob}
+        )
+        # mkstemp creates the file 0600; os.replace makes the swap atomic for
+        # the other master processes reading it.
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".p")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(payload)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self._file(layer_key))
+        except OSError as err:
+            log.warning("consul pillar: cannot write cache file in %s: %s", self.cache_dir, err.strerror)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def _known(self, layer_key):
+        """The newest copy of a layer we have: memory, else disk (then kept in memory)."""
+        layer = self.layers.get(layer_key)
+        if layer is None:
+            layer = self._read_file(layer_key)
+            if layer is not None:
+                self.layers[layer_key] = layer
+        return layer
+
+    # ------------------------------------------------------------------ fetch
+    def fetch(self, specs, index):
+        """
+        Fetch ``specs`` (``[(layer_key, root, mode, leaf_key)]``) in one txn and
+        cache them as valid for ``index``. Returns ``{layer_key: (Layer, tree)}``.
+        """
+        if len(specs) > MAX_TXN_OPS:
+            raise ConsulError(f"too many layers for one Consul transaction ({len(specs)} > {MAX_TXN_OPS})")
+        ops = [{"KV": {"Verb": "get-tree", "Key": root + "/"}} for _, root, _, _ in specs]
+        started = time.time()
+        resp = self.client.request("PUT", "/v1/txn", json=ops, idempotent=True)
+        body = resp.json() or {}
+        if body.get("Errors"):
+            # Read-only get-tree ops do not fail; report only the ops' indexes.
+            where = [e.get("OpIndex") for e in body["Errors"]]
+            raise ConsulError(f"PUT /v1/txn: Consul reported errors for layer operations {where}")
+        results = body.get("Results") or []
+        grouped = _group(results, [root for _, root, _, _ in specs])
+        out = {}
+        warnings = []
+        for (layer_key, root, mode, leaf_key), entries in zip(specs, grouped):
+            tree = saltconsul_kvtree.tree_from_consul(entries, root, mode, leaf_key, warnings)
+            layer = Layer(root, index, started, _dumps(tree))
+            self.layers[layer_key] = layer
+            self._write_file(layer_key, layer)
+            out[layer_key] = (layer, tree)
+        if warnings:
+            saltconsul_kvtree.log_warnings(warnings)
+        return out
+
+    def trees(self, layers):
+        """
+        The trees of ``layers`` (``[(root, mode, leaf_key)]``), fresh ones
+        fetched in one request. Raises ConsulError if Consul cannot be asked
+        (the caller then uses :meth:`last_good`).
+        """
+        specs = [(self.layer_key(root, mode, leaf_key), root, mode, leaf_key) for root, mode, leaf_key in layers]
+        index = self.current_index()
+        stale = []
+        for spec in specs:
+            layer = self._known(spec[0])
+            if (layer is None or layer.index != index) and spec not in stale:
+                stale.append(spec)
+        fetched = self.fetch(stale, index) if stale else {}
+        result = []
+        for spec in specs:
+            if spec[0] in fetched:
+                # Freshly built and not shared with anyone: no copy needed
+                # (popped, so a layer listed twice gets a copy the second time).
+                result.append(fetched.pop(spec[0])[1])
+            else:
+                result.append(self.layers[spec[0]].tree())
+        return result
+
+    def last_good(self, layers):
+        """
+        ``(trees, oldest_fetched_at)`` from the last good copies (memory or
+        disk), or ``(None, missing_roots)`` if a layer has none.
+        """
+        trees = []
+        oldest = None
+        missing = []
+        for root, mode, leaf_key in layers:
+            layer = self._known(self.layer_key(root, mode, leaf_key))
+            if layer is None:
+                missing.append(root)
+                continue
+            trees.append(layer.tree())
+            oldest = layer.fetched_at if oldest is None else min(oldest, layer.fetched_at)
+        if missing:
+            return None, missing
+        return trees, oldest
+
+
+def _group(results, roots):
+    """
+    Split a txn's flat result list into one entry list per get-tree op.
+    Each op's entries come sorted and all start with its root; the next op
+    begins where a key leaves the current root or stops increasing (nested
+    roots repeat keys).
+    """
+    groups = [[] for _ in roots]
+    op = 0
+    prev = None
+    prefixes = [r + "/" for r in roots]
+    for item in results:
+        entry = item.get("KV") if isinstance(item, dict) else None
+        if not entry:
+            continue
+        key = entry["Key"]
+        if op < len(roots) and (not key.startswith(prefixes[op]) or (prev is not None and key <= prev)):
+            op += 1
+            while op < len(roots) and not key.startswith(prefixes[op]):
+                op += 1
+            prev = None
+        if op >= len(roots):
+            break
+        groups[op].append(entry)
+        prev = key
+    return groups
+
+
+def get_store(opts, cache_dir, watch_prefix, revalidate="watch", watch_wait=300):
+    """The process-wide :class:`Store` for this Consul config, cache dir and watch prefix."""
+    conf = saltconsul_config.parse_config(opts)
+    key = (
+        os.getpid(),
+        saltconsul_client._fingerprint(conf),  # pylint: disable=protected-access
+        cache_dir,
+        watch_prefix,
+        revalidate,
+        float(watch_wait),
+    )
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            for stale_key in [k for k in _STORES if k[0] != os.getpid()]:
+                _STORES.pop(stale_key, None)
+            store = _STORES[key] = Store(opts, cache_dir, watch_prefix, revalidate, watch_wait)
+    return store
+
+
+def reset():
+    """Forget every store of this process (tests and benchmarks)."""
+    with _STORES_LOCK:
+        for store in _STORES.values():
+            store.watcher.index = None
+        _STORES.clear()
