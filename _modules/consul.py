@@ -1,39 +1,170 @@
 """
 Execution module ``consul``: Consul KV, services, checks, discovery, sessions
 and locks, events, prepared queries and ACLs, through salt-consul's one shared
-client (see ``saltconsul_config`` for the ``consul:`` configuration).
+client (see ``saltconsul_config`` for the ``consul:`` configuration: address,
+token or token_file, TLS ca/cert/key, timeouts).
 
 .. code-block:: bash
 
     salt '*' consul.env
     salt-call consul.status_leader
+    salt-call consul.kv_get app/db/pool_size
+    salt-call consul.discover_hosts db
+
+Every function takes ``token`` (an ACL token for this call instead of the
+configured one) and, where Consul supports it, ``dc``. Bad arguments raise
+``SaltInvocationError`` before anything is sent; Consul errors raise
+``CommandExecutionError`` naming the function and the cause (permission
+denied, not found, CAS conflict, Consul unreachable, ...), never the token.
+
+Secrets: ``kv_put`` never returns or logs the value it stores, and ACL token
+secrets and prepared-query tokens are returned as ``<hidden>``. Salt itself
+logs (at debug level) and caches the *arguments* of every job, so pass secret
+values with ``value_pillar=`` or ``value_file=`` rather than on the command line.
 """
 
+import contextlib
+import hashlib
 import logging
+import os
+import re
+import threading
+import urllib.parse
 
-from salt.exceptions import CommandExecutionError
+import salt.utils.data
+import salt.utils.files
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import saltconsul_client
 import saltconsul_env
-from saltconsul_errors import ConsulError
+import saltconsul_kv
+from saltconsul_errors import (
+    ConsulCASConflict,
+    ConsulError,
+    ConsulInvalidRequest,
+    ConsulNotFound,
+    ConsulPermissionDenied,
+    ConsulServerError,
+    ConsulUnreachable,
+)
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "consul"
+
+HIDDEN = "<hidden>"
+DISCOVER_CONTEXT_KEY = "saltconsul.discover"
+_MISSING = object()
+_DURATION = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|µs|ms|s|m|h))+$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_CHECK_STATUSES = ("passing", "warning", "critical")
 
 
 def __virtual__():
     return __virtualname__
 
 
+# --------------------------------------------------------------------------- helpers
+
+
 def _client(token=None):
     """The shared client; ``token`` overrides the configured one for this call."""
-    return saltconsul_client.get_client(__opts__, __context__, token=token)
+    if token is not None and not isinstance(token, str):
+        raise SaltInvocationError("token must be a string")
+    return saltconsul_client.get_client(__opts__, __context__, token=token or None)
+
+
+def _kind(err):
+    """The one-phrase cause of a Consul error, for the first words of the message."""
+    if isinstance(err, ConsulPermissionDenied):
+        return "permission denied"
+    if isinstance(err, ConsulCASConflict):
+        return "CAS conflict"
+    if isinstance(err, ConsulNotFound) or _unknown_agent_object(err):
+        return "not found"
+    if isinstance(err, ConsulUnreachable):
+        return "Consul unreachable"
+    if isinstance(err, ConsulInvalidRequest):
+        return "invalid request"
+    if isinstance(err, ConsulServerError):
+        return "Consul server error"
+    return "Consul error"
+
+
+def _unknown_agent_object(err):
+    # Consul 1.8 answers an unknown service/check ID on the agent API with 500.
+    text = str(err).lower()
+    return isinstance(err, ConsulServerError) and ("unknown service" in text or "unknown check" in text)
 
 
 def _fail(operation, err):
     """A Consul error as the CommandExecutionError Salt reports (no token in it)."""
-    return CommandExecutionError(f"consul.{operation} failed: {err}")
+    return CommandExecutionError(f"consul.{operation} failed: {_kind(err)}: {err}")
+
+
+@contextlib.contextmanager
+def _consul(operation):
+    """Turn any Consul error raised inside the block into a CommandExecutionError."""
+    try:
+        yield
+    except ConsulError as err:
+        raise _fail(operation, err) from err
+
+
+def _seg(value, what):
+    """One URL path segment (an ID or a name), validated and fully quoted."""
+    if not isinstance(value, str) or not value:
+        raise SaltInvocationError(f"{what} must be a non-empty string")
+    if value in (".", "..") or any(ord(ch) < 32 for ch in value):
+        raise SaltInvocationError(f"{what} {value!r} is not a valid name")
+    return urllib.parse.quote(value, safe="")
+
+
+def _opt_str(value, what):
+    if value is not None and not isinstance(value, str):
+        raise SaltInvocationError(f"{what} must be a string")
+    return value
+
+
+def _duration(value, what):
+    """A Consul duration: ``"10s"``, ``"1m30s"``; a bare number means seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise SaltInvocationError(f"{what} must be a duration such as '10s'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise SaltInvocationError(f"{what} must not be negative")
+        return f"{value:g}s"
+    if isinstance(value, str) and _DURATION.match(value.strip()):
+        return value.strip()
+    raise SaltInvocationError(f"{what} must be a duration such as '10s' or '1m30s', got {value!r}")
+
+
+def _str_list(value, what):
+    """None, one string, or a list of strings -> list (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise SaltInvocationError(f"{what} must be a string or a list of strings")
+
+
+def _uint(value, what, maximum=None):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SaltInvocationError(f"{what} must be a non-negative integer")
+    if maximum is not None and value > maximum:
+        raise SaltInvocationError(f"{what} must be at most {maximum}")
+    return value
+
+
+def _dc(dc):
+    return _opt_str(dc, "dc") or None
 
 
 # --------------------------------------------------------------------------- environment
@@ -98,10 +229,8 @@ def status_leader(dc=None, token=None):
 
         salt '*' consul.status_leader
     """
-    try:
-        return _client(token).get("/v1/status/leader", dc=dc)
-    except ConsulError as err:
-        raise _fail("status_leader", err) from err
+    with _consul("status_leader"):
+        return _client(token).get("/v1/status/leader", dc=_dc(dc))
 
 
 def status_peers(dc=None, token=None):
@@ -119,7 +248,626 @@ def status_peers(dc=None, token=None):
 
         salt '*' consul.status_peers
     """
+    with _consul("status_peers"):
+        return _client(token).get("/v1/status/peers", dc=_dc(dc))
+
+
+# --------------------------------------------------------------------------- KV
+
+
+def _kv_entry(entry, decode, key):
+    return {
+        "key": entry["Key"],
+        "value": saltconsul_kv.decode_value(saltconsul_kv.b64_to_text(entry.get("Value")), decode, key=key),
+        "modify_index": entry.get("ModifyIndex"),
+        "create_index": entry.get("CreateIndex"),
+        "lock_index": entry.get("LockIndex"),
+        "flags": entry.get("Flags"),
+        "session": entry.get("Session"),
+    }
+
+
+def kv_get(key, default=None, decode=None, detail=False, dc=None, consistency=None, token=None):
+    """
+    The value stored at ``key``: the exact string (a key stored without a value
+    gives ``""``; a value that is not UTF-8 comes back as bytes), or ``default``
+    if the key does not exist.
+
+    key
+        The key, e.g. ``app/db/pool_size`` (no leading ``/``).
+    default
+        Returned when the key does not exist.
+    decode
+        ``json`` or ``yaml`` to parse the value (an error if it does not
+        parse); ``auto`` parses only YAML/JSON mappings and lists.
+    detail
+        Return ``{key, value, modify_index, create_index, lock_index, flags,
+        session}`` instead of the value (``modify_index`` is what ``cas`` wants).
+    dc
+        Datacenter to read from.
+    consistency
+        ``stale`` (any server answers) or ``consistent`` (leader confirms).
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.kv_get app/db/pool_size
+        salt-call consul.kv_get app/db/config decode=json
+        salt-call consul.kv_get app/db/pool_size detail=True
+    """
+    path = saltconsul_kv.kv_path(key)
+    if decode not in saltconsul_kv.DECODERS:
+        raise SaltInvocationError(f"decode must be one of json, yaml, auto (got {decode!r})")
+    with _consul("kv_get"):
+        client = _client(token)
+        if detail:
+            entries = client.get(path, dc=_dc(dc), consistency=consistency, not_found_ok=True)
+            if not entries:
+                return default
+            return _kv_entry(entries[0], decode, key)
+        resp = client.request(
+            "GET", path, params={"raw": True}, dc=_dc(dc), consistency=consistency, not_found_ok=True
+        )
+    if resp is None:
+        return default
+    return saltconsul_kv.decode_value(saltconsul_kv.bytes_to_text(resp.content), decode, key=key)
+
+
+def _value_from(value, value_pillar, value_file):
+    """The value to store, from exactly one of the three sources."""
+    given = [name for name, v in (("value_pillar", value_pillar), ("value_file", value_file)) if v is not None]
+    if len(given) > 1 or (given and value is not None):
+        raise SaltInvocationError("give only one of value, value_pillar and value_file")
+    if value_pillar is not None:
+        found = salt.utils.data.traverse_dict_and_list(__pillar__, value_pillar, _MISSING, delimiter=":")
+        if found is _MISSING:
+            raise SaltInvocationError(f"pillar key {value_pillar!r} (value_pillar) does not exist")
+        return found
+    if value_file is not None:
+        try:
+            with salt.utils.files.fopen(value_file, "rb") as fh:
+                return fh.read()
+        except OSError as err:
+            raise SaltInvocationError(f"cannot read value_file {value_file}: {err.strerror}") from None
+    return value
+
+
+def kv_put(
+    key,
+    value=None,
+    cas=None,
+    flags=None,
+    acquire=None,
+    release=None,
+    dc=None,
+    token=None,
+    value_pillar=None,
+    value_file=None,
+):
+    """
+    Store ``value`` at ``key``. Returns True; the value is never returned or logged.
+
+    Strings are stored exactly; None stores an empty value; dicts and lists are
+    stored as JSON; numbers and booleans as their text (``true``/``false``).
+    Values over ``consul:max_value_size`` (Consul's limit, 512 KiB by default)
+    are refused before anything is sent.
+
+    key
+        The key (no leading ``/``).
+    value
+        The value. Salt logs and caches job arguments: for secrets use
+        ``value_pillar`` or ``value_file`` instead.
+    value_pillar
+        Store the value of this pillar key (``a:b:c``) of the minion instead.
+    value_file
+        Store the contents of this file on the minion instead (bytes as-is).
+    cas
+        Check-and-set: write only if the key's ``modify_index`` is still this
+        (0: only if the key does not exist). A lost race raises an error whose
+        message contains "CAS conflict".
+    flags
+        An unsigned 64-bit integer stored with the key, opaque to Consul.
+    acquire
+        A session ID: write and take the key's lock. Returns Consul's answer
+        (False: the lock is held by another session).
+    release
+        A session ID: write and release the key's lock. Returns Consul's answer
+        (False: this session does not hold the lock).
+    dc
+        Datacenter to write to.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.kv_put app/db/pool_size 20
+        salt-call consul.kv_put app/db/password value_pillar=app:db:password
+        salt-call consul.kv_put app/db/pool_size 30 cas=1234
+    """
+    path = saltconsul_kv.kv_path(key)
+    _uint(cas, "cas")
+    _uint(flags, "flags", maximum=2**64 - 1)
+    if acquire is not None and release is not None:
+        raise SaltInvocationError("give acquire or release, not both")
+    _opt_str(acquire, "acquire")
+    _opt_str(release, "release")
+    data = saltconsul_kv.encode_value(_value_from(value, value_pillar, value_file))
+    client = _client(token)
+    saltconsul_kv.check_size(data, client.max_value_size, key)
+    params = {"cas": cas, "flags": flags, "acquire": acquire, "release": release}
+    with _consul("kv_put"):
+        answer = client.put(path, params=params, content=data, dc=_dc(dc))
+        if acquire is not None or release is not None:
+            return bool(answer)
+        if answer is not True and cas is not None:
+            raise ConsulCASConflict(
+                f"PUT {path}: key {key!r} was modified since index {cas}; nothing written",
+                method="PUT",
+                path=path,
+            )
+        if answer is not True:
+            raise ConsulError(f"PUT {path}: Consul did not store the value", method="PUT", path=path)
+    return True
+
+
+def kv_delete(key, recurse=False, cas=None, dc=None, token=None):
+    """
+    Delete ``key`` (or, with ``recurse``, every key starting with it). Returns
+    True, also when nothing was there.
+
+    key
+        The key or, with ``recurse``, the prefix (never empty).
+    recurse
+        Delete every key that starts with ``key``.
+    cas
+        Delete only if the key's ``modify_index`` is still this; a lost race
+        raises an error whose message contains "CAS conflict".
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.kv_delete app/db/pool_size
+        salt-call consul.kv_delete app/old/ recurse=True
+    """
+    path = saltconsul_kv.kv_path(key)
+    _uint(cas, "cas")
+    if recurse and cas is not None:
+        raise SaltInvocationError("cas cannot be combined with recurse")
+    with _consul("kv_delete"):
+        answer = _client(token).delete(path, params={"recurse": bool(recurse), "cas": cas}, dc=_dc(dc))
+        if cas is not None and answer is not True:
+            raise ConsulCASConflict(
+                f"DELETE {path}: key {key!r} was modified since index {cas}; nothing deleted",
+                method="DELETE",
+                path=path,
+            )
+    return True
+
+
+def kv_keys(prefix="", separator=None, dc=None, consistency=None, token=None):
+    """
+    The key names under ``prefix`` (all keys if empty), sorted; ``[]`` if none.
+
+    prefix
+        Key prefix, e.g. ``app/``.
+    separator
+        List only up to this character, e.g. ``/`` for one folder level.
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.kv_keys app/ separator=/
+    """
+    path = saltconsul_kv.kv_path(prefix, allow_empty=True)
+    _opt_str(separator, "separator")
+    with _consul("kv_keys"):
+        keys = _client(token).get(
+            path,
+            params={"keys": True, "separator": separator},
+            dc=_dc(dc),
+            consistency=consistency,
+            not_found_ok=True,
+        )
+    return sorted(keys or [])
+
+
+def kv_tree(prefix, decode=None, dc=None, consistency=None, token=None):
+    """
+    Every key under the folder ``prefix`` as a nested dict: ``app/db/pool``
+    under prefix ``app`` becomes ``{"db": {"pool": "20"}}``. ``{}`` if none.
+
+    prefix
+        The folder, e.g. ``app`` or ``app/`` (``app`` does not include ``apple``).
+    decode
+        ``json``, ``yaml`` or ``auto`` to parse each value (see ``kv_get``).
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.kv_tree app/db
+    """
+    base = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    path = saltconsul_kv.kv_path(base, allow_empty=True)
+    if decode not in saltconsul_kv.DECODERS:
+        raise SaltInvocationError(f"decode must be one of json, yaml, auto (got {decode!r})")
+    with _consul("kv_tree"):
+        entries = _client(token).get(
+            path, params={"recurse": True}, dc=_dc(dc), consistency=consistency, not_found_ok=True
+        )
+    return saltconsul_kv.tree(entries, base, decode)
+
+
+_TXN_VERBS = {
+    "set", "cas", "lock", "unlock", "get", "get-tree", "check-index", "check-session",
+    "check-not-exists", "delete", "delete-tree", "delete-cas",
+}
+_TXN_KEYS = {"verb": "Verb", "key": "Key", "value": "Value", "flags": "Flags", "index": "Index", "session": "Session"}
+_TXN_MAX_OPS = 64
+
+
+def _txn_op(op, max_size):
+    """One transaction operation: our lowercase KV shorthand, or Consul's own shape."""
+    if not isinstance(op, dict):
+        raise SaltInvocationError("each kv_txn operation must be a dict")
+    if set(op) & {"KV", "Node", "Service", "Check"}:
+        return op, (op.get("KV") or {}).get("Verb")
+    unknown = set(op) - set(_TXN_KEYS)
+    if unknown:
+        raise SaltInvocationError(f"unknown kv_txn operation keys: {sorted(unknown)}")
+    verb = op.get("verb")
+    if verb not in _TXN_VERBS:
+        raise SaltInvocationError(f"kv_txn verb must be one of {sorted(_TXN_VERBS)}, got {verb!r}")
+    key = op.get("key")
+    saltconsul_kv.check_key(key, allow_empty=verb in ("get-tree", "delete-tree"))
+    body = {"Verb": verb, "Key": key}
+    if "value" in op:
+        data = saltconsul_kv.encode_value(op["value"])
+        saltconsul_kv.check_size(data, max_size, key)
+        body["Value"] = saltconsul_kv.text_to_b64(data)
+    if "flags" in op:
+        body["Flags"] = _uint(op["flags"], "flags", maximum=2**64 - 1)
+    if "index" in op:
+        body["Index"] = _uint(op["index"], "index")
+    if "session" in op:
+        body["Session"] = _opt_str(op["session"], "session")
+    return {"KV": body}, verb
+
+
+def kv_txn(operations, dc=None, token=None):
+    """
+    Run up to 64 KV operations as one atomic transaction. Returns Consul's
+    result ``{"Results": [...], "Errors": None}``; values in the results are
+    decoded to text for ``get``/``get-tree`` and removed for every other verb
+    (so a written secret never comes back). A rolled-back transaction raises an
+    error (with "CAS conflict" when an index check failed).
+
+    operations
+        A list of dicts ``{"verb": ..., "key": ..., "value": ..., "index": ...,
+        "flags": ..., "session": ...}`` (values as for ``kv_put``), or Consul's
+        own ``{"KV": {"Verb": ..., "Value": <base64>}}`` shape.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.kv_txn '[{verb: set, key: app/a, value: "1"}, {verb: delete, key: app/b}]'
+    """
+    if not isinstance(operations, (list, tuple)) or not operations:
+        raise SaltInvocationError("operations must be a non-empty list")
+    if len(operations) > _TXN_MAX_OPS:
+        raise SaltInvocationError(f"a Consul transaction holds at most {_TXN_MAX_OPS} operations")
+    client = _client(token)
+    ops, verbs = [], []
+    for op in operations:
+        body, verb = _txn_op(op, client.max_value_size)
+        ops.append(body)
+        verbs.append(verb)
     try:
-        return _client(token).get("/v1/status/peers", dc=dc)
+        result = client.put("/v1/txn", json=ops, dc=_dc(dc))
+    except ConsulInvalidRequest as err:
+        if err.status == 409 and "index is stale" in str(err):
+            raise _fail("kv_txn", ConsulCASConflict(f"transaction rolled back: {err}")) from err
+        raise _fail("kv_txn", err) from err
     except ConsulError as err:
-        raise _fail("status_peers", err) from err
+        raise _fail("kv_txn", err) from err
+    for verb, item in zip(verbs, (result or {}).get("Results") or []):
+        entry = item.get("KV") if isinstance(item, dict) else None
+        if not entry:
+            continue
+        if verb in ("get", "get-tree"):
+            entry["Value"] = saltconsul_kv.b64_to_text(entry.get("Value"))
+        else:
+            entry.pop("Value", None)
+    return result
+
+
+# --------------------------------------------------------------------------- sessions and locks
+
+
+def session_create(
+    name=None,
+    ttl=None,
+    node=None,
+    checks=None,
+    service_checks=None,
+    lock_delay=None,
+    behavior="release",
+    dc=None,
+    token=None,
+):
+    """
+    Create a session; returns its ID. Locks taken with it are released (or the
+    keys deleted, with ``behavior=delete``) when the session ends: destroyed,
+    TTL expired without renewal, or one of its checks critical.
+
+    name
+        A human-readable name.
+    ttl
+        Expire the session unless renewed within this duration (``"15s"``; Consul
+        allows 10s to 24h).
+    node
+        The node the session belongs to (default: this agent's node).
+    checks
+        Node check IDs that end the session when critical (Consul's default is
+        ``["serfHealth"]``; ``[]`` for none).
+    service_checks
+        Service check IDs that end the session when critical.
+    lock_delay
+        How long a released lock cannot be re-acquired (default ``15s``).
+    behavior
+        ``release`` (default) or ``delete`` the held keys when the session ends.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.session_create name=db-primary ttl=30s
+    """
+    if behavior not in ("release", "delete"):
+        raise SaltInvocationError("behavior must be 'release' or 'delete'")
+    body = {"Behavior": behavior}
+    if name is not None:
+        body["Name"] = _opt_str(name, "name")
+    if ttl is not None:
+        body["TTL"] = _duration(ttl, "ttl")
+    if node is not None:
+        body["Node"] = _opt_str(node, "node")
+    if checks is not None:
+        body["Checks"] = _str_list(checks, "checks")
+    if service_checks is not None:
+        body["ServiceChecks"] = [{"ID": c} for c in _str_list(service_checks, "service_checks")]
+    if lock_delay is not None:
+        body["LockDelay"] = _duration(lock_delay, "lock_delay")
+    with _consul("session_create"):
+        return _client(token).put("/v1/session/create", json=body, dc=_dc(dc))["ID"]
+
+
+def session_info(session_id, dc=None, consistency=None, token=None):
+    """
+    The session's details (``ID``, ``Name``, ``Node``, ``TTL``, ``Behavior``,
+    ...) as Consul returns them, or None if there is no such session.
+
+    session_id
+        The session ID.
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.session_info 4ca8e74b-6350-7587-addf-a18084928f3c
+    """
+    path = f"/v1/session/info/{_seg(session_id, 'session_id')}"
+    with _consul("session_info"):
+        found = _client(token).get(path, dc=_dc(dc), consistency=consistency, not_found_ok=True)
+    return found[0] if found else None
+
+
+def session_renew(session_id, dc=None, token=None):
+    """
+    Renew a TTL session; returns its details. An error if the session is gone
+    (expired or destroyed): its locks are already released.
+
+    session_id
+        The session ID.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.session_renew 4ca8e74b-6350-7587-addf-a18084928f3c
+    """
+    path = f"/v1/session/renew/{_seg(session_id, 'session_id')}"
+    with _consul("session_renew"):
+        found = _client(token).put(path, dc=_dc(dc))
+    return found[0] if found else None
+
+
+def session_destroy(session_id, dc=None, token=None):
+    """
+    Destroy a session, releasing (or deleting) the keys it locked. True, also
+    when the session did not exist.
+
+    session_id
+        The session ID.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.session_destroy 4ca8e74b-6350-7587-addf-a18084928f3c
+    """
+    path = f"/v1/session/destroy/{_seg(session_id, 'session_id')}"
+    with _consul("session_destroy"):
+        return bool(_client(token).put(path, dc=_dc(dc)))
+
+
+def session_list(node=None, dc=None, consistency=None, token=None):
+    """
+    All sessions (or those of ``node``), as Consul lists them.
+
+    node
+        Only this node's sessions.
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.session_list
+        salt-call consul.session_list node=db01
+    """
+    path = "/v1/session/list" if node is None else f"/v1/session/node/{_seg(node, 'node')}"
+    with _consul("session_list"):
+        return _client(token).get(path, dc=_dc(dc), consistency=consistency) or []
+
+
+def lock_acquire(key, session, value=None, dc=None, token=None):
+    """
+    Take the lock on ``key`` for ``session`` (writing ``value``). True if this
+    session now holds it, False if another session does.
+
+    key
+        The lock key, e.g. ``locks/db/primary``.
+    session
+        A session ID from ``session_create``.
+    value
+        What to store while holding the lock (by convention the holder's
+        minion ID; readable by anyone who can read the key, so never a secret).
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.lock_acquire locks/db/primary 4ca8e74b-... value=db01
+    """
+    _seg(session, "session")
+    path = saltconsul_kv.kv_path(key)
+    data = saltconsul_kv.encode_value(value)
+    client = _client(token)
+    saltconsul_kv.check_size(data, client.max_value_size, key)
+    with _consul("lock_acquire"):
+        return bool(client.put(path, params={"acquire": session}, content=data, dc=_dc(dc)))
+
+
+def lock_release(key, session, dc=None, token=None):
+    """
+    Release the lock on ``key`` held by ``session`` (its value becomes empty, as
+    with Consul's own lock helpers). True if released, False if this session
+    did not hold it.
+
+    key
+        The lock key.
+    session
+        The holding session's ID.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.lock_release locks/db/primary 4ca8e74b-...
+    """
+    _seg(session, "session")
+    path = saltconsul_kv.kv_path(key)
+    with _consul("lock_release"):
+        return bool(_client(token).put(path, params={"release": session}, content=b"", dc=_dc(dc)))
+
+
+def lock_holder(key, dc=None, consistency=None, token=None):
+    """
+    Who holds the lock on ``key``: ``{"session", "node", "name", "value"}``, or
+    None if nobody does (or the key does not exist).
+
+    key
+        The lock key.
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent`` (use ``consistent`` before acting on it).
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.lock_holder locks/db/primary
+    """
+    path = saltconsul_kv.kv_path(key)
+    with _consul("lock_holder"):
+        client = _client(token)
+        entries = client.get(path, dc=_dc(dc), consistency=consistency, not_found_ok=True)
+        if not entries or not entries[0].get("Session"):
+            return None
+        session = entries[0]["Session"]
+        found = client.get(
+            f"/v1/session/info/{_seg(session, 'session')}",
+            dc=_dc(dc),
+            consistency=consistency,
+            not_found_ok=True,
+        )
+    info = found[0] if found else {}
+    return {
+        "session": session,
+        "node": info.get("Node"),
+        "name": info.get("Name"),
+        "value": saltconsul_kv.b64_to_text(entries[0].get("Value")),
+    }

@@ -225,3 +225,21 @@ def consul_dc_pair(tmp_path_factory):
     finally:
         dc2.cleanup()
         dc1.cleanup()
+
+
+@pytest.fixture(scope="module")
+def module_loaders(functional_minion, consul_agent):
+    """
+    Like ``loaders`` (same opts) but built once per test module: building
+    ``Loaders`` syncs and loads everything, about 1.5 s, too slow per test.
+    Tests must not depend on ``__context__`` being empty.
+    """
+    from saltfactories.utils.functional import Loaders
+
+    opts = copy.deepcopy(functional_minion.config)
+    opts["consul"] = {"address": consul_agent.http_addr, "retries": 0}
+    loaders = Loaders(opts)
+    try:
+        yield loaders
+    finally:
+        loaders.reset_state()
