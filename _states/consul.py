@@ -1,0 +1,1120 @@
+"""
+State module ``consul``: services, checks, KV keys, single-holder services and
+environment DNS names in Consul, idempotently.
+
+Every state follows the same pattern: read what Consul holds, compute the
+difference, return early when compliant (no write at all), fill ``changes``
+with old/new, return ``result: None`` and "would ..." under ``test=True``
+without writing, else write only what differs. Consul is reached only through
+the execution module (``__salt__['consul.*']``).
+
+.. code-block:: yaml
+
+    web:
+      consul.service_present:
+        - service_id: web@{{ grains['id'] }}
+        - port: 8080
+        - env_tags: true
+        - checks:
+          - name: http
+            http: http://127.0.0.1:8080/health
+            interval: 10s
+            timeout: 2s
+
+What "managed" means here: every service this module registers carries the
+meta keys ``managed_by: salt-consul`` and ``salt_minion: <minion id>``, plus
+``salt_checks``, a fingerprint of the check definitions. Consul's agent API
+does not return check definitions (URL, interval, ...; its ``Definition``
+field stays empty, hashicorp/consul#1680), so the fingerprint is how a re-run
+knows the checks are unchanged without re-registering (re-registering is a
+write, and a changed check restarts as critical). Standalone checks
+(``check_present``) carry the same fingerprint in their notes as
+``[salt-consul <hash>]``.
+"""
+
+import copy
+import hashlib
+import json
+import logging
+import re
+import time
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "consul"
+
+MANAGED_BY_KEY = "managed_by"
+MANAGED_BY = "salt-consul"
+MINION_KEY = "salt_minion"
+CHECKS_HASH_KEY = "salt_checks"
+NOTES_MARKER = re.compile(r"\s*\[salt-consul [0-9a-f]{16}\]$")
+SECRET_SHOWN = "<secret: not shown>"
+REDACTED = "<redacted>"
+
+# Check fields accepted in a check mapping (the execution module's lowercase names).
+CHECK_KINDS = {"http": "http", "tcp": "tcp", "ttl": "ttl", "grpc": "grpc", "args": "script"}
+CHECK_FIELDS = set(CHECK_KINDS) | {
+    "name",
+    "id",
+    "interval",
+    "timeout",
+    "deregister_critical_service_after",
+    "status",
+    "notes",
+    "method",
+    "header",
+    "tls_skip_verify",
+}
+_CHECK_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.@:-]+")
+_DEFAULT_WEIGHTS = {"Passing": 1, "Warning": 1}
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ret(name):
+    return {"name": name, "result": True, "changes": {}, "comment": ""}
+
+
+def _fail(ret, comment):
+    ret["result"] = False
+    ret["comment"] = comment
+    return ret
+
+
+def _minion_id():
+    return __opts__.get("id") or ""
+
+
+def _fingerprint(data):
+    """A short stable hash of a JSON-able structure (never of a shown secret)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _env_tags():
+    """This minion's environment tags: its type and group (from its minion ID / config)."""
+    env = __salt__["consul.env"]()
+    return [env[field] for field in ("type", "group") if env.get(field)]
+
+
+def _dedupe(items):
+    seen = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen
+
+
+def _normalise_weights(weights):
+    if weights is None:
+        return dict(_DEFAULT_WEIGHTS)
+    if not isinstance(weights, dict):
+        raise SaltInvocationError("weights must be a mapping with passing/warning")
+    out = dict(_DEFAULT_WEIGHTS)
+    for key, value in weights.items():
+        field = str(key).capitalize()
+        if field not in out:
+            raise SaltInvocationError(f"unknown weights key {key!r} (passing, warning)")
+        out[field] = int(value)
+    return out
+
+
+def _normalise_check(check, service_id, index):
+    """
+    Validate one check mapping and give it a stable name and ID.
+
+    The default ID ``service:<service_id>:<name>`` is derived from the name, not
+    the position, so removing one check never renames (and resets) the others.
+    """
+    if not isinstance(check, dict):
+        raise SaltInvocationError(f"check #{index + 1} must be a mapping")
+    unknown = set(check) - CHECK_FIELDS
+    if unknown:
+        raise SaltInvocationError(f"check #{index + 1}: unknown keys {sorted(unknown)}")
+    kinds = [kind for kind in CHECK_KINDS if check.get(kind) not in (None, "", [])]
+    if len(kinds) != 1:
+        raise SaltInvocationError(
+            f"check #{index + 1} needs exactly one of {', '.join(CHECK_KINDS)}, got {kinds or 'none'}"
+        )
+    kind = kinds[0]
+    if kind != "ttl" and not check.get("interval"):
+        raise SaltInvocationError(f"check #{index + 1} ({kind}) needs an interval")
+    if check.get("status") not in (None, "passing", "warning", "critical"):
+        raise SaltInvocationError(f"check #{index + 1}: status must be passing, warning or critical")
+    out = {k: v for k, v in check.items() if v is not None}
+    out["name"] = str(out.get("name") or kind)
+    if not out.get("id"):
+        out["id"] = _CHECK_ID_UNSAFE.sub("-", f"service:{service_id}:{out['name']}")
+    out["id"] = str(out["id"])
+    return out
+
+
+def _check_summary(check):
+    """A check as shown in ``changes``: header values (often credentials) redacted."""
+    shown = copy.deepcopy(check)
+    if isinstance(shown.get("header"), dict):
+        shown["header"] = {key: REDACTED for key in shown["header"]}
+    return shown
+
+
+def _current_check_summary(check):
+    return {
+        "id": check.get("CheckID"),
+        "name": check.get("Name"),
+        "type": check.get("Type"),
+        "status": check.get("Status"),
+    }
+
+
+# --------------------------------------------------------------------------- services
+
+
+def _service_plan(name, service_id, tags, address, port, meta, enable_tag_override, weights, checks, env_tags, token):
+    """
+    Read the agent and work out what registering this service would change.
+
+    Returns ``(desired, current, changes, stale_checks)``; ``changes`` is empty
+    when the service is compliant. Raises SaltInvocationError on bad input and
+    CommandExecutionError when Consul cannot be read.
+    """
+    if not name or not isinstance(name, str):
+        raise SaltInvocationError("a service name is required")
+    service_id = str(service_id or name)
+    tags = list(tags or [])
+    if not all(isinstance(tag, str) and tag for tag in tags):
+        raise SaltInvocationError("tags must be non-empty strings")
+    if env_tags:
+        tags += _env_tags()
+    tags = _dedupe(tags)
+    if meta is not None and not isinstance(meta, dict):
+        raise SaltInvocationError("meta must be a mapping")
+    norm_checks = [_normalise_check(check, service_id, idx) for idx, check in enumerate(checks or [])]
+    ids = [check["id"] for check in norm_checks]
+    if len(set(ids)) != len(ids):
+        raise SaltInvocationError(f"service {service_id}: check IDs/names must be unique, got {ids}")
+
+    full_meta = {str(k): str(v) for k, v in (meta or {}).items()}
+    full_meta[MANAGED_BY_KEY] = MANAGED_BY
+    full_meta[MINION_KEY] = _minion_id()
+    full_meta[CHECKS_HASH_KEY] = _fingerprint(norm_checks)
+    desired = {
+        "Service": name,
+        "ID": service_id,
+        "Tags": tags,
+        "Meta": full_meta,
+        "Port": int(port or 0),
+        "Address": address or "",
+        "Weights": _normalise_weights(weights),
+        "EnableTagOverride": bool(enable_tag_override),
+        "checks": norm_checks,
+    }
+
+    current = __salt__["consul.service_get"](service_id, token=token)
+    changes = {}
+    stale = []
+    if current is None:
+        changes = {
+            "old": None,
+            "new": {
+                "service": name,
+                "id": service_id,
+                "tags": tags,
+                "address": desired["Address"],
+                "port": desired["Port"],
+                "meta": full_meta,
+                "checks": [_check_summary(check) for check in norm_checks],
+            },
+        }
+        return desired, current, changes, stale
+
+    for field, key in (
+        ("Service", "service"),
+        ("Tags", "tags"),
+        ("Meta", "meta"),
+        ("Port", "port"),
+        ("Address", "address"),
+        ("Weights", "weights"),
+        ("EnableTagOverride", "enable_tag_override"),
+    ):
+        have = current.get(field)
+        if field == "Tags":
+            have = list(have or [])
+        elif field == "Meta":
+            have = dict(have or {})
+        elif field == "Weights":
+            have = dict(have or _DEFAULT_WEIGHTS)
+        elif field == "Port":
+            have = int(have or 0)
+        elif field == "Address":
+            have = have or ""
+        elif field == "EnableTagOverride":
+            have = bool(have)
+        if have != desired[field]:
+            changes[key] = {"old": have, "new": desired[field]}
+
+    agent_checks = {
+        cid: check
+        for cid, check in (__salt__["consul.check_list"](token=token) or {}).items()
+        if check.get("ServiceID") == service_id
+    }
+    check_diff = False
+    for check in norm_checks:
+        have = agent_checks.get(check["id"])
+        if (
+            have is None
+            or have.get("Name") != check["name"]
+            or have.get("Type") != CHECK_KINDS[next(k for k in CHECK_KINDS if k in check)]
+            or (have.get("Notes") or "") != (check.get("notes") or "")
+        ):
+            check_diff = True
+    for cid, have in agent_checks.items():
+        # Checks attached by consul.check_present carry their own marker and
+        # are managed by that state, not by this one.
+        if cid not in ids and not NOTES_MARKER.search(have.get("Notes") or ""):
+            stale.append(cid)
+    hash_changed = (current.get("Meta") or {}).get(CHECKS_HASH_KEY) != full_meta[CHECKS_HASH_KEY]
+    if check_diff or stale or hash_changed:
+        changes["checks"] = {
+            "old": [_current_check_summary(agent_checks[cid]) for cid in sorted(agent_checks)],
+            "new": [_check_summary(check) for check in norm_checks],
+        }
+    return desired, current, changes, stale
+
+
+def _owner_problem(current, replace):
+    """Why we must not touch an existing registration, or None if we may."""
+    if current is None or replace:
+        return None
+    meta = current.get("Meta") or {}
+    if meta.get(MANAGED_BY_KEY) != MANAGED_BY:
+        return (
+            f"service {current.get('ID')} exists and is not managed by salt-consul; "
+            "not replacing it (set replace: true to take it over)"
+        )
+    if meta.get(MINION_KEY) != _minion_id():
+        return (
+            f"service {current.get('ID')} is managed by minion {meta.get(MINION_KEY)!r}; "
+            "not replacing it (set replace: true to take it over)"
+        )
+    return None
+
+
+def _service_write(desired, stale, token):
+    """Register the service (one PUT) and remove checks no longer declared."""
+    checks = [{k: v for k, v in check.items()} for check in desired["checks"]]
+    __salt__["consul.service_register"](
+        desired["Service"],
+        id=desired["ID"],
+        tags=desired["Tags"],
+        address=desired["Address"] or None,
+        port=desired["Port"] or None,
+        meta=desired["Meta"],
+        enable_tag_override=desired["EnableTagOverride"],
+        weights={k.lower(): v for k, v in desired["Weights"].items()},
+        checks=checks,
+        token=token,
+    )
+    for cid in stale:
+        __salt__["consul.check_deregister"](cid, token=token)
+
+
+def service_present(
+    name,
+    service_id=None,
+    tags=None,
+    address=None,
+    port=None,
+    meta=None,
+    enable_tag_override=False,
+    weights=None,
+    checks=None,
+    env_tags=False,
+    replace=False,
+    token=None,
+):
+    """
+    Ensure a service and its checks are registered with the local Consul agent.
+
+    A compliant re-run makes no write, so a passing check stays passing.
+
+    name
+        The Consul service name, e.g. ``web``.
+    service_id
+        The service ID on the agent (default: ``name``). When several minions
+        share one agent, give each its own ID (e.g. ``web@<minion id>``).
+    tags
+        List of tags.
+    address / port
+        Service address (default: the node's) and port.
+    meta
+        Mapping of service meta (string values). ``managed_by``,
+        ``salt_minion`` and ``salt_checks`` are added by this state.
+    enable_tag_override
+        Consul's EnableTagOverride.
+    weights
+        ``{passing: N, warning: M}``.
+    checks
+        List of check mappings, each with exactly one of ``http``, ``tcp``,
+        ``ttl``, ``grpc``, ``args`` and optional ``name`` (default: the kind),
+        ``id`` (default: ``service:<service_id>:<name>``), ``interval``,
+        ``timeout``, ``deregister_critical_service_after``, ``status`` (initial),
+        ``notes``, ``method``, ``header``, ``tls_skip_verify``. Header values
+        are never shown in ``changes``. Checks attached to this service that
+        are not listed are removed (except those managed by ``check_present``).
+    env_tags
+        Add this minion's environment ``type`` and ``group`` as tags.
+    replace
+        Take over an existing registration with this ID that salt-consul did
+        not make, or that another minion made (default: refuse).
+    token
+        ACL token for this state's calls.
+    """
+    ret = _ret(name)
+    try:
+        desired, current, changes, stale = _service_plan(
+            name, service_id, tags, address, port, meta, enable_tag_override, weights, checks, env_tags, token
+        )
+        sid = desired["ID"]
+        if not changes:
+            ret["comment"] = f"Service {sid} is registered as declared"
+            return ret
+        problem = _owner_problem(current, replace)
+        if problem:
+            return _fail(ret, problem)
+        ret["changes"] = changes
+        verb = "register" if current is None else "update"
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = f"Service {sid} would be {verb}d"
+            return ret
+        _service_write(desired, stale, token)
+        ret["comment"] = f"Service {sid} {verb}d"
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret["changes"] = {}
+        return _fail(ret, f"Service {service_id or name}: {err}")
+    return ret
+
+
+def service_absent(name, token=None):
+    """
+    Ensure the service with ID ``name`` is not registered with the local agent
+    (its checks go with it).
+
+    name
+        The service ID.
+    token
+        ACL token for this state's calls.
+    """
+    ret = _ret(name)
+    try:
+        current = __salt__["consul.service_get"](name, token=token)
+        if current is None:
+            ret["comment"] = f"Service {name} is not registered"
+            return ret
+        ret["changes"] = {"old": {"service": current.get("Service"), "id": name}, "new": None}
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = f"Service {name} would be deregistered"
+            return ret
+        __salt__["consul.service_deregister"](name, token=token)
+        ret["comment"] = f"Service {name} deregistered"
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret["changes"] = {}
+        return _fail(ret, f"Service {name}: {err}")
+    return ret
+
+
+def services_pruned(name, keep=None, token=None):
+    """
+    Deregister the services this minion registered earlier (meta
+    ``managed_by: salt-consul`` and ``salt_minion: <this minion>``) whose IDs
+    are not in ``keep``. Services registered by anything or anyone else are
+    never touched.
+
+    name
+        A label for the state (not used).
+    keep
+        List of service IDs to keep (those still declared).
+    token
+        ACL token for this state's calls.
+    """
+    ret = _ret(name)
+    keep = set(keep or [])
+    me = _minion_id()
+    try:
+        services = __salt__["consul.service_list"](token=token) or {}
+        gone = sorted(
+            sid
+            for sid, svc in services.items()
+            if (svc.get("Meta") or {}).get(MANAGED_BY_KEY) == MANAGED_BY
+            and (svc.get("Meta") or {}).get(MINION_KEY) == me
+            and sid not in keep
+        )
+        if not gone:
+            ret["comment"] = "No stale services registered by this minion"
+            return ret
+        ret["changes"] = {"deregistered": gone}
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = f"Would deregister {len(gone)} service(s) no longer declared: {', '.join(gone)}"
+            return ret
+        for sid in gone:
+            __salt__["consul.service_deregister"](sid, token=token)
+        ret["comment"] = f"Deregistered {len(gone)} service(s) no longer declared: {', '.join(gone)}"
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret["changes"] = {}
+        return _fail(ret, f"Pruning services: {err}")
+    return ret
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_present(
+    name,
+    check_id=None,
+    service_id=None,
+    http=None,
+    tcp=None,
+    ttl=None,
+    grpc=None,
+    args=None,
+    interval=None,
+    timeout=None,
+    deregister_critical_service_after=None,
+    status=None,
+    notes=None,
+    method=None,
+    header=None,
+    tls_skip_verify=None,
+    token=None,
+):
+    """
+    Ensure a check is registered with the local agent, optionally attached to
+    a service. A compliant re-run makes no write.
+
+    name
+        The check name.
+    check_id
+        The check ID (default: ``name``).
+    service_id
+        Attach the check to this service.
+    http / tcp / ttl / grpc / args
+        Exactly one: the kind of check and its target.
+    interval, timeout, deregister_critical_service_after
+        Consul durations such as ``10s``.
+    status
+        Initial status (``passing``, ``warning``, ``critical``).
+    notes
+        Human-readable notes; the state appends ``[salt-consul <hash>]``, the
+        fingerprint of the definition, since Consul does not return it.
+    method, header, tls_skip_verify
+        HTTP check options; header values are never shown.
+    token
+        ACL token for this state's calls.
+    """
+    ret = _ret(name)
+    check_id = str(check_id or name)
+    try:
+        spec = {
+            "name": name,
+            "id": check_id,
+            "http": http,
+            "tcp": tcp,
+            "ttl": ttl,
+            "grpc": grpc,
+            "args": args,
+            "interval": interval,
+            "timeout": timeout,
+            "deregister_critical_service_after": deregister_critical_service_after,
+            "status": status,
+            "notes": notes,
+            "method": method,
+            "header": header,
+            "tls_skip_verify": tls_skip_verify,
+        }
+        check = _normalise_check({k: v for k, v in spec.items() if v is not None}, service_id, 0)
+        kind = next(k for k in CHECK_KINDS if k in check)
+        fingerprint = _fingerprint({"check": check, "service_id": service_id})
+        want_notes = f"{notes or ''} [salt-consul {fingerprint}]".lstrip()
+        current = (__salt__["consul.check_list"](token=token) or {}).get(check_id)
+        if current is not None:
+            diff = {}
+            for field, key, want in (
+                ("Name", "name", name),
+                ("ServiceID", "service_id", service_id or ""),
+                ("Type", "type", CHECK_KINDS[kind]),
+                ("Notes", "notes", want_notes),
+            ):
+                have = current.get(field) or ""
+                if have != want:
+                    diff[key] = {"old": have, "new": want}
+            if not diff:
+                ret["comment"] = f"Check {check_id} is registered as declared"
+                return ret
+            if list(diff) == ["notes"] and NOTES_MARKER.sub("", diff["notes"]["old"]) == (notes or ""):
+                # Only the fingerprint differs: the definition itself changed.
+                diff = {"definition": {"old": current.get("Notes"), "new": _check_summary(check)}}
+            ret["changes"] = diff
+        else:
+            ret["changes"] = {"old": None, "new": _check_summary(check)}
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = f"Check {check_id} would be {'registered' if current is None else 'updated'}"
+            return ret
+        kwargs = {k: v for k, v in check.items() if k not in ("name", "id", "notes")}
+        __salt__["consul.check_register"](
+            name, id=check_id, service_id=service_id, notes=want_notes, token=token, **kwargs
+        )
+        ret["comment"] = f"Check {check_id} {'registered' if current is None else 'updated'}"
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret["changes"] = {}
+        return _fail(ret, f"Check {check_id}: {err}")
+    return ret
+
+
+def check_absent(name, token=None):
+    """
+    Ensure the check with ID ``name`` is not registered with the local agent.
+
+    name
+        The check ID.
+    token
+        ACL token for this state's calls.
+    """
+    ret = _ret(name)
+    try:
+        current = (__salt__["consul.check_list"](token=token) or {}).get(name)
+        if current is None:
+            ret["comment"] = f"Check {name} is not registered"
+            return ret
+        ret["changes"] = {"old": _current_check_summary(current), "new": None}
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = f"Check {name} would be deregistered"
+            return ret
+        __salt__["consul.check_deregister"](name, token=token)
+        ret["comment"] = f"Check {name} deregistered"
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret["changes"] = {}
+        return _fail(ret, f"Check {name}: {err}")
+    return ret
+
+
+# --------------------------------------------------------------------------- KV
+
+
+def _serialise(value, serializer):
+    if serializer == "json":
+        return json.dumps(value, sort_keys=True, indent=2)
+    import salt.utils.yaml
+
+    return salt.utils.yaml.safe_dump(value, default_flow_style=False)
+
+
+def _decode(text, serializer):
+    """The stored text decoded with ``serializer``; a sentinel if it does not decode."""
+    try:
+        if serializer == "json":
+            return json.loads(text)
+        import salt.utils.yaml
+
+        return salt.utils.yaml.safe_load(text)
+    except Exception:  # pylint: disable=broad-except
+        # Anything undecodable simply differs from the declared structure.
+        return _UNDECODABLE
+
+
+_UNDECODABLE = object()
+
+
+def _as_text(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise SaltInvocationError("a structured value needs serializer: json or yaml")
+
+
+def key_present(name, value, serializer=None, secret=False, flags=None, dc=None, token=None):
+    """
+    Ensure the KV key ``name`` holds ``value``.
+
+    The write is a check-and-set on the ModifyIndex read just before: if
+    someone else changed the key in between, the state fails with a conflict
+    and overwrites nothing. A compliant re-run makes no write.
+
+    name
+        The key, e.g. ``config/app/prod/gg/pool_size``.
+    value
+        A string (numbers and booleans are written as text), or a structure
+        with ``serializer``.
+    serializer
+        ``json`` or ``yaml``: store the structure serialised; an existing value
+        that decodes to the same structure is compliant, whatever its formatting.
+    secret
+        Never show the value (old or new) in ``changes``, comments or logs.
+    flags
+        Consul's opaque integer flags.
+    dc
+        Datacenter.
+    token
+        ACL token for this state's calls.
+    """
+    ret = _ret(name)
+    try:
+        if not name or not isinstance(name, str) or name.startswith("/"):
+            raise SaltInvocationError("the key must be a non-empty path without a leading /")
+        if serializer not in (None, "json", "yaml"):
+            raise SaltInvocationError(f"serializer must be json or yaml, not {serializer!r}")
+        text = _serialise(value, serializer) if serializer else _as_text(value)
+        if flags is not None:
+            flags = int(flags)
+        current = __salt__["consul.kv_get"](name, detail=True, dc=dc, token=token)
+        if current is not None:
+            have = current.get("value")
+            have = "" if have is None else have
+            same = _decode(have, serializer) == value if serializer else have == text
+            same_flags = flags is None or int(current.get("flags") or 0) == flags
+            if same and same_flags:
+                ret["comment"] = f"Key {name} holds the declared value"
+                return ret
+            if not same:
+                if secret:
+                    ret["changes"]["value"] = {"old": SECRET_SHOWN, "new": SECRET_SHOWN}
+                else:
+                    old = _decode(have, serializer) if serializer else have
+                    ret["changes"]["value"] = {"old": have if old is _UNDECODABLE else old, "new": value}
+            if not same_flags:
+                ret["changes"]["flags"] = {"old": int(current.get("flags") or 0), "new": flags}
+        else:
+            ret["changes"]["value"] = {"old": None, "new": SECRET_SHOWN if secret else value}
+        verb = "created" if current is None else "updated"
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = f"Key {name} would be {verb}"
+            return ret
+        # cas=0 means "only if it still does not exist".
+        cas = int(current.get("modify_index") or 0) if current is not None else 0
+        __salt__["consul.kv_put"](name, text, cas=cas, flags=flags, dc=dc, token=token)
+        ret["comment"] = f"Key {name} {verb}"
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret["changes"] = {}
+        if "CAS conflict" in str(err):
+            return _fail(
+                ret,
+                f"Key {name} was changed by another writer after it was read (CAS conflict); "
+                "not overwritten. Re-apply to compare against the new value.",
+            )
+        return _fail(ret, f"Key {name}: {err}")
+    return ret
+
+
+def key_absent(name, recurse=False, dc=None, token=None):
+    """
+    Ensure the KV key ``name`` (or, with ``recurse``, every key under that
+    prefix) does not exist. A single key is deleted with check-and-set, so a
+    concurrent rewrite is reported as a conflict.
+
+    name
+        The key or prefix.
+    recurse
+        Delete everything under the prefix ``name``.
+    dc
+        Datacenter.
+    token
+        ACL token for this state's calls.
+    """
+    ret = _ret(name)
+    try:
+        if not name or not isinstance(name, str):
+            raise SaltInvocationError("the key must be a non-empty string")
+        if recurse:
+            keys = __salt__["consul.kv_keys"](name, dc=dc, token=token) or []
+            if not keys:
+                ret["comment"] = f"No keys under {name}"
+                return ret
+            ret["changes"] = {"deleted": sorted(keys)}
+        else:
+            current = __salt__["consul.kv_get"](name, detail=True, dc=dc, token=token)
+            if current is None:
+                ret["comment"] = f"Key {name} is absent"
+                return ret
+            ret["changes"] = {"deleted": [name]}
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = f"Would delete {len(ret['changes']['deleted'])} key(s) under {name}"
+            return ret
+        if recurse:
+            __salt__["consul.kv_delete"](name, recurse=True, dc=dc, token=token)
+        else:
+            __salt__["consul.kv_delete"](name, cas=int(current.get("modify_index") or 0), dc=dc, token=token)
+        ret["comment"] = f"Deleted {len(ret['changes']['deleted'])} key(s) under {name}"
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret["changes"] = {}
+        if "CAS conflict" in str(err):
+            return _fail(ret, f"Key {name} was changed by another writer after it was read (CAS conflict); not deleted")
+        return _fail(ret, f"Key {name}: {err}")
+    return ret
+
+
+# --------------------------------------------------------------------------- single-holder services
+
+
+def _seconds(duration):
+    """A Consul duration (``15s``, ``500ms``, ``1m``) or a number, in seconds."""
+    if isinstance(duration, (int, float)):
+        return float(duration)
+    match = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|m)?\s*", str(duration))
+    if not match:
+        raise SaltInvocationError(f"not a duration: {duration!r}")
+    return float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]
+
+
+def _default_lock_key(name):
+    env = __salt__["consul.env"]()
+    if env.get("postfix"):
+        return f"locks/{name}/{env['postfix']}/leader"
+    return f"locks/{name}/leader"
+
+
+def _wait_not_critical(check_ids, wait, token):
+    """Poll the local agent until none of ``check_ids`` is critical; bounded by ``wait`` seconds."""
+    deadline = time.monotonic() + max(wait, 0)
+    while True:
+        agent = __salt__["consul.check_list"](token=token) or {}
+        bad = [cid for cid in check_ids if (agent.get(cid) or {}).get("Status", "critical") == "critical"]
+        if not bad or time.monotonic() >= deadline:
+            return bad
+        time.sleep(0.25)
+
+
+def single_holder_service(
+    name,
+    checks,
+    service_id=None,
+    lock_key=None,
+    lock_delay="15s",
+    lock_wait=None,
+    wait_passing=30,
+    tags=None,
+    address=None,
+    port=None,
+    meta=None,
+    weights=None,
+    enable_tag_override=False,
+    env_tags=False,
+    token=None,
+):
+    """
+    Register a one-server service (a DB primary) only while this minion holds
+    its Consul lock.
+
+    The lock is a KV key acquired with a session whose health checks are
+    ``serfHealth`` plus this service's checks, and whose value is this
+    minion's ID. Another minion applying the same state fails, naming the
+    holder, and registers nothing. When the holder's check goes critical (or
+    its node leaves), Consul invalidates the session and releases the lock;
+    after the lock delay the next apply elsewhere takes it. Re-applying on the
+    holder changes nothing.
+
+    To be tied to a session, the checks must not be critical when the lock is
+    taken: the state registers the service, waits up to ``wait_passing``
+    seconds for that, then takes the lock (or deregisters again if it cannot).
+
+    name
+        The Consul service name.
+    checks
+        The service's checks (at least one), as for ``service_present``.
+    service_id
+        The service ID (default: ``name``).
+    lock_key
+        The KV key of the lock (default: ``locks/<name>/<postfix>/leader``,
+        one holder per environment).
+    lock_delay
+        Consul's lock delay for the session: after an invalidation nobody can
+        take the lock for this long.
+    lock_wait
+        Seconds to keep retrying while a released lock is still in its lock
+        delay (default: the lock delay plus 2 seconds).
+    wait_passing
+        Seconds to wait for the new checks to leave ``critical``.
+    tags, address, port, meta, weights, enable_tag_override, env_tags
+        As for ``service_present``.
+    token
+        ACL token for this state's calls.
+    """
+    ret = _ret(name)
+    me = _minion_id()
+    session = None
+    acquiring = False
+    sid = service_id or name
+    try:
+        if not checks:
+            raise SaltInvocationError("a single-holder service needs at least one check to tie its lock to")
+        key = lock_key or _default_lock_key(name)
+        delay = _seconds(lock_delay)
+        wait_lock = delay + 2 if lock_wait is None else float(lock_wait)
+        desired, current, changes, stale = _service_plan(
+            name, service_id, tags, address, port, meta, enable_tag_override, weights, checks, env_tags, token
+        )
+        sid = desired["ID"]
+        ours = current is not None and _owner_problem(current, False) is None
+        if current is not None and not ours:
+            return _fail(ret, _owner_problem(current, False))
+        holder = __salt__["consul.lock_holder"](key, token=token)
+        holder_name = (holder or {}).get("value") or (holder or {}).get("session")
+
+        if holder and holder.get("value") == me:
+            if not changes:
+                ret["comment"] = f"This minion holds {key}; service {sid} is registered as declared"
+                return ret
+            ret["changes"] = {"service": changes}
+            if __opts__.get("test"):
+                ret["result"] = None
+                ret["comment"] = f"This minion holds {key}; service {sid} would be updated"
+                return ret
+            _service_write(desired, stale, token)
+            ret["comment"] = f"This minion holds {key}; service {sid} updated"
+            return ret
+
+        if holder:
+            ret["result"] = False
+            ret["comment"] = f"{name} is held by {holder_name} (lock {key}); not registering {sid} here"
+            if current is not None:
+                # We held it once and lost it (our check failed): our stale
+                # instance must not stay registered next to the new holder's.
+                ret["changes"] = {"deregistered": sid}
+                if __opts__.get("test"):
+                    ret["comment"] += f"; would deregister this minion's stale instance {sid}"
+                else:
+                    __salt__["consul.service_deregister"](sid, token=token)
+                    ret["comment"] += f"; deregistered this minion's stale instance {sid}"
+            return ret
+
+        ret["changes"] = {"lock": {"old": None, "new": me}}
+        if changes:
+            ret["changes"]["service"] = changes
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = f"Would register {sid} and take the lock {key}"
+            return ret
+
+        acquiring = True
+        if changes:
+            _service_write(desired, stale, token)
+        check_ids = [check["id"] for check in desired["checks"]]
+        critical = _wait_not_critical(check_ids, float(wait_passing), token)
+        if critical:
+            raise CommandExecutionError(
+                f"check(s) {', '.join(critical)} still critical after {wait_passing}s; lock not taken"
+            )
+        session = __salt__["consul.session_create"](
+            name=f"salt-consul {name} {me}",
+            checks=["serfHealth"] + check_ids,
+            lock_delay=lock_delay,
+            behavior="release",
+            token=token,
+        )
+        deadline = time.monotonic() + wait_lock
+        while True:
+            if __salt__["consul.lock_acquire"](key, session, value=me, token=token):
+                ret["comment"] = f"Took the lock {key}; service {sid} registered on this minion"
+                return ret
+            holder = __salt__["consul.lock_holder"](key, token=token)
+            if holder or time.monotonic() >= deadline:
+                break
+            # Nobody holds it: a released lock still in its lock delay.
+            time.sleep(0.25)
+        holder_name = (holder or {}).get("value") or (holder or {}).get("session")
+        raise CommandExecutionError(
+            f"{name} is held by {holder_name} (lock {key})"
+            if holder
+            else f"lock {key} still in its lock delay after {wait_lock:g}s"
+        )
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret["changes"] = {}
+        ret["result"] = False
+        ret["comment"] = f"Single-holder service {sid}: {err}"
+        # Undo what this run did: nothing stays registered without the lock.
+        if acquiring:
+            try:
+                if session:
+                    __salt__["consul.session_destroy"](session, token=token)
+                if __salt__["consul.service_get"](sid, token=token) is not None:
+                    __salt__["consul.service_deregister"](sid, token=token)
+                    ret["comment"] += f"; {sid} not left registered here"
+            except CommandExecutionError as undo_err:
+                log.warning("single_holder_service %s: cleanup failed: %s", sid, undo_err)
+                ret["comment"] += f"; cleanup failed: {undo_err}"
+        return ret
+
+
+# --------------------------------------------------------------------------- environment DNS names
+
+
+def _label(value, what):
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", value):
+        raise SaltInvocationError(f"{what} must be a lowercase DNS label, got {value!r}")
+    return value
+
+
+def _query_view(query):
+    """The parts of a prepared query this state manages, with Consul's defaults filled in."""
+    template = query.get("Template") or {}
+    service = query.get("Service") or {}
+    failover = service.get("Failover") or {}
+    return {
+        "Template": {"Type": template.get("Type") or "", "Regexp": template.get("Regexp") or ""},
+        "Service": {
+            "Service": service.get("Service") or "",
+            "Tags": list(service.get("Tags") or []),
+            "OnlyPassing": bool(service.get("OnlyPassing")),
+            "Near": service.get("Near") or "",
+            "Failover": {
+                "NearestN": int(failover.get("NearestN") or 0),
+                "Datacenters": list(failover.get("Datacenters") or []),
+            },
+        },
+        "DNS": {"TTL": (query.get("DNS") or {}).get("TTL") or ""},
+    }
+
+
+def env_query_present(
+    name,
+    service=None,
+    datacenter=None,
+    only_passing=True,
+    near=None,
+    failover_datacenters=None,
+    failover_nearest_n=None,
+    ttl=None,
+    token=None,
+):
+    """
+    Maintain a prepared-query template so that environment names resolve
+    through Consul DNS to the healthy instances of a service tagged with that
+    environment's type and group:
+
+    .. code-block:: text
+
+        <service>.<type>.<group>.<datacenter>.query.consul   e.g. db.prod.gg.mydc1.query.consul
+        <service>.<type>.<group>.query.consul                (this datacenter)
+        <service>.<type>.<group>.query.<consul dc>.consul    (run in another Consul datacenter)
+
+    The first form is exactly ``consul.service_name`` + ``.query.consul``.
+    The template is a ``name_prefix_match`` on ``<service>.`` with the regexp
+    ``^<service>\\.(type)\\.(group)(?:\\.<datacenter>)?$``; the captured type
+    and group become the required tags. A name naming another environment
+    datacenter does not match (NXDOMAIN) rather than answering with this one's
+    instances.
+
+    name
+        The service (e.g. ``db``), unless ``service`` is given.
+    service
+        The service, when ``name`` is used as a label.
+    datacenter
+        The environment datacenter label accepted in names (default: this
+        minion's ``env`` datacenter; empty string: none accepted).
+    only_passing
+        Answer with passing instances only (default) or also warning ones.
+    near
+        Sort by round-trip time from this node (``_agent`` for the local agent).
+    failover_datacenters / failover_nearest_n
+        Consul's failover to other datacenters when none are healthy here.
+    ttl
+        DNS TTL for the answers (e.g. ``10s``).
+    token
+        ACL token for this state's calls.
+    """
+    service = service or name
+    ret = _ret(name)
+    try:
+        _label(service, "service")
+        if datacenter is None:
+            datacenter = __salt__["consul.env"]().get("datacenter") or ""
+        if datacenter:
+            _label(datacenter, "datacenter")
+        suffix = rf"(?:\.{datacenter})?" if datacenter else ""
+        definition = {
+            "Name": f"{service}.",
+            "Template": {
+                "Type": "name_prefix_match",
+                "Regexp": rf"^{service}\.([a-z0-9-]+)\.([a-z0-9-]+){suffix}$",
+            },
+            "Service": {
+                "Service": service,
+                "Tags": ["${match(1)}", "${match(2)}"],
+                "OnlyPassing": bool(only_passing),
+                "Near": near or "",
+                "Failover": {
+                    "NearestN": int(failover_nearest_n or 0),
+                    "Datacenters": list(failover_datacenters or []),
+                },
+            },
+            "DNS": {"TTL": ttl or ""},
+        }
+        want = _query_view(definition)
+        found = [q for q in __salt__["consul.query_list"](token=token) or [] if q.get("Name") == definition["Name"]]
+        current = found[0] if found else None
+        example = f"{service}.<type>.<group>{'.' + datacenter if datacenter else ''}.query.consul"
+        if current is not None:
+            have = _query_view(current)
+            if have == want:
+                ret["comment"] = f"Prepared query {definition['Name']} is as declared ({example})"
+                return ret
+            ret["changes"] = {"old": have, "new": want}
+        else:
+            ret["changes"] = {"old": None, "new": want}
+        verb = "created" if current is None else "updated"
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = f"Prepared query {definition['Name']} would be {verb} ({example})"
+            return ret
+        if current is None:
+            __salt__["consul.query_create"](definition, token=token)
+        else:
+            __salt__["consul.query_update"](current["ID"], definition, token=token)
+        ret["comment"] = f"Prepared query {definition['Name']} {verb} ({example})"
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret["changes"] = {}
+        return _fail(ret, f"Prepared query for {service}: {err}")
+    return ret
+
+
+def env_query_absent(name, service=None, token=None):
+    """
+    Remove the environment prepared-query template of a service.
+
+    name
+        The service (e.g. ``db``), unless ``service`` is given.
+    service
+        The service, when ``name`` is used as a label.
+    token
+        ACL token for this state's calls.
+    """
+    service = service or name
+    ret = _ret(name)
+    try:
+        found = [q for q in __salt__["consul.query_list"](token=token) or [] if q.get("Name") == f"{service}."]
+        if not found:
+            ret["comment"] = f"No prepared query {service}."
+            return ret
+        ret["changes"] = {"old": _query_view(found[0]), "new": None}
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = f"Prepared query {service}. would be deleted"
+            return ret
+        __salt__["consul.query_delete"](found[0]["ID"], token=token)
+        ret["comment"] = f"Prepared query {service}. deleted"
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret["changes"] = {}
+        return _fail(ret, f"Prepared query for {service}: {err}")
+    return ret
