@@ -665,7 +665,7 @@ def session_create(
     if node is not None:
         body["Node"] = _opt_str(node, "node")
     if checks is not None:
-        body["Checks"] = _str_list(checks, "checks")
+        body["NodeChecks"] = _str_list(checks, "checks")
     if service_checks is not None:
         body["ServiceChecks"] = [{"ID": c} for c in _str_list(service_checks, "service_checks")]
     if lock_delay is not None:
