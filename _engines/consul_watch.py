@@ -45,6 +45,7 @@ the master stops.
 import logging
 import threading
 
+import salt.key
 import salt.utils.event
 
 import saltconsul_client
@@ -79,6 +80,23 @@ def _emitter(opts):
                 __salt__["event.send"](tag, data)
 
     return emit
+
+
+def _known(opts):
+    """On the master: a provider of the environment values its accepted minion IDs name."""
+    if opts.get("__role") != "master":
+        return None
+    env_conf = saltconsul_env.env_config(opts)
+
+    def known():
+        try:
+            ids = salt.key.get_key(opts).list_status("accepted").get("minions") or []
+        except Exception as err:  # pylint: disable=broad-except
+            log.warning("consul_watch: cannot list accepted minions (%s); env hints unchecked", err)
+            return None
+        return saltconsul_watch.known_values({mid: saltconsul_env.parse(mid, env_conf) for mid in ids})
+
+    return known
 
 
 def _run_watch(opts, watch, options, emit, stop):
@@ -123,7 +141,11 @@ def start(kv=None, services=None, tag_prefix=saltconsul_watch.TAG_PREFIX, layers
     """
     types = saltconsul_env.env_config(__opts__).get("types")
     watches = saltconsul_watch.build_watches(
-        {"kv": kv, "services": services}, tag_prefix=tag_prefix, layers=layers, types=types
+        {"kv": kv, "services": services},
+        tag_prefix=tag_prefix,
+        layers=layers,
+        types=types,
+        known=_known(__opts__),
     )
     if not watches:
         log.error("consul_watch: nothing to watch (configure kv and/or services)")

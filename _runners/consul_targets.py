@@ -26,7 +26,6 @@ import saltconsul_watch
 log = logging.getLogger(__name__)
 
 __virtualname__ = "consul_targets"
-_FIELDS = ("type", "group", "datacenter", "role")
 
 
 def __virtual__():
@@ -82,14 +81,13 @@ def _resolve(key, compiled, envs, known):
     ``db``, counts as the ``config/{type}/{group}`` layer), then the minions
     of exactly that environment.
     """
-    for match in saltconsul_watch.layer_matches(key, compiled):
-        fields = {k: v for k, v in match.items() if k != "layer"}
-        if not all(v in known.get(k, ()) for k, v in fields.items()):
-            continue
-        if "minion_id" in fields:
-            return {fields["minion_id"]}
-        return {mid for mid, env in envs.items() if all(env.get(k) == v for k, v in fields.items())}
-    return set()
+    match = saltconsul_watch.key_env(key, compiled, known)
+    if match is None:
+        return set()
+    fields = {k: v for k, v in match.items() if k != "layer"}
+    if "minion_id" in fields:
+        return {fields["minion_id"]}
+    return {mid for mid, env in envs.items() if all(env.get(k) == v for k, v in fields.items())}
 
 
 def for_keys(keys, layers=None):
@@ -119,8 +117,7 @@ def for_keys(keys, layers=None):
         raise SaltInvocationError("keys must be a list of KV keys")
     compiled = _layers(layers)
     envs = _envs()
-    known = {field: {env.get(field) for env in envs.values()} - {None} for field in _FIELDS}
-    known["minion_id"] = set(envs)
+    known = saltconsul_watch.known_values(envs)
     targets = set()
     for key in keys:
         targets |= _resolve(key.lstrip("/"), compiled, envs, known)

@@ -130,10 +130,32 @@ def layer_matches(key, compiled):
     return found
 
 
-def key_env(key, compiled):
-    """The environment the most specific matching layer gives ``key`` (a hint), or None."""
-    matches = layer_matches(key, compiled)
-    return matches[0] if matches else None
+def known_values(envs):
+    """
+    ``{field: {values}}`` from ``{minion_id: env}``: the environment values that
+    really exist (plus ``minion_id``), used to tell a datacenter folder from a
+    nested pillar key of the same name.
+    """
+    known = {"minion_id": set(envs)}
+    for env in envs.values():
+        for field, value in env.items():
+            if isinstance(value, str) and field not in ("name", "postfix", "pattern", "host"):
+                known.setdefault(field, set()).add(value)
+    return known
+
+
+def key_env(key, compiled, known=None):
+    """
+    The environment ``key`` belongs to: the most specific matching layer, or
+    with ``known`` (see :func:`known_values`) the most specific one whose
+    values all exist, so ``config/prod/gg/app/x`` is ``{type: prod, group: gg}``
+    when there is no datacenter called ``app``. None if no layer fits.
+    """
+    for match in layer_matches(key, compiled):
+        fields = {k: v for k, v in match.items() if k != "layer"}
+        if known is None or all(v in known.get(k, ()) for k, v in fields.items()):
+            return match
+    return None
 
 
 # --------------------------------------------------------------------------- watches
@@ -151,13 +173,18 @@ class KVWatch:
     layers / types
         Layer templates and environment types used to name the environment of
         each changed key in the event (``envs``).
+    known
+        Optional callable returning :func:`known_values` (the master knows its
+        minions' environments); without it ``envs`` takes the most specific
+        matching layer, which may read a nested key as a datacenter.
     """
 
     kind = "kv"
 
-    def __init__(self, prefix, dc=None, layers=None, types=None, tag_prefix=TAG_PREFIX):
+    def __init__(self, prefix, dc=None, layers=None, types=None, tag_prefix=TAG_PREFIX, known=None):
         self.prefix = _norm_prefix(prefix)
         self.dc = dc
+        self.known = known
         self.layers = compile_layers(layers, types)
         self.tag = tag_for("kv", self.prefix, tag_prefix)
         self.name = self.prefix
@@ -183,8 +210,9 @@ class KVWatch:
         if not (added or deleted or changed):
             return None
         envs = []
+        known = self.known() if self.known else None
         for key in added + changed + deleted:
-            env = key_env(key, self.layers)
+            env = key_env(key, self.layers, known)
             if env and env not in envs:
                 envs.append(env)
         total = len(added) + len(changed) + len(deleted)
@@ -456,7 +484,7 @@ class Watcher:
                     time.sleep(pause)
 
 
-def build_watches(config, tag_prefix=TAG_PREFIX, layers=None, types=None):
+def build_watches(config, tag_prefix=TAG_PREFIX, layers=None, types=None, known=None):
     """
     Watches from engine/beacon config::
 
@@ -476,7 +504,9 @@ def build_watches(config, tag_prefix=TAG_PREFIX, layers=None, types=None):
         if not isinstance(entry, dict) or "prefix" not in entry:
             raise ValueError(f"kv watch needs a prefix: {entry!r}")
         watches.append(
-            KVWatch(entry["prefix"], dc=entry.get("dc"), layers=layers, types=types, tag_prefix=tag_prefix)
+            KVWatch(
+                entry["prefix"], dc=entry.get("dc"), layers=layers, types=types, tag_prefix=tag_prefix, known=known
+            )
         )
     for entry in config.get("services") or []:
         if isinstance(entry, str):

@@ -1,0 +1,193 @@
+"""
+End to end with real daemons: the ``consul_watch`` engine on a salt-master of
+its own watches ``config/`` on a Consul agent of its own; the reactor and
+orchestrate examples in ``formulas/`` re-apply a small app state on exactly
+the minions of the environment whose KV changed, once per burst; the engine
+keeps working across a restart of the Consul agent.
+
+The shared ``salt_master`` / ``consul_agent`` fixtures are not used: this
+module restarts its agent and its master runs an engine and a reactor.
+"""
+
+import contextlib
+import pathlib
+import time
+
+import pytest
+
+import localconsul
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+MASTER_ID = "react-master"
+PROD = ["web01.prod.gg.mydc1.example.com", "web02.prod.gg.mydc1.example.com"]
+DEV = "web01.dev.gg.mydc1.example.com"
+KV_TAG = "salt/consul/kv/config"
+
+
+@pytest.fixture(scope="module")
+def react_consul(tmp_path_factory):
+    # persist: a restart keeps the data, as a real agent restart does.
+    agent = localconsul.LocalConsul(
+        "dc1", node_name="react-dc1", persist=True, log_dir=str(tmp_path_factory.mktemp("react-consul"))
+    )
+    agent.start()
+    yield agent
+    agent.cleanup()
+
+
+@pytest.fixture(scope="module")
+def applied_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("applied")
+
+
+@pytest.fixture(scope="module")
+def react_tree(tmp_path_factory, applied_dir):
+    root = tmp_path_factory.mktemp("react-tree")
+    (root / "consulapp").mkdir()
+    # One line per apply: the file's line count is the number of applies.
+    (root / "consulapp" / "init.sls").write_text(
+        "consulapp_applied:\n"
+        "  cmd.run:\n"
+        f"    - name: echo applied >> {applied_dir}/{{{{ grains['id'] }}}}.log\n"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def react_master(salt_factories, react_consul, react_tree):
+    factory = salt_factories.salt_master_daemon(
+        MASTER_ID,
+        overrides={
+            "file_roots": {"base": [str(react_tree), str(REPO / "formulas")]},
+            "engines_dirs": [str(REPO / "_engines")],
+            "runner_dirs": [str(REPO / "_runners")],
+            "utils_dirs": [str(REPO / "_utils")],
+            "consul": {"address": react_consul.http_addr, "retries": 0},
+            "engines": [
+                {
+                    "consul_watch": {
+                        "kv": ["config/"],
+                        "min_wait": 2,
+                        "max_wait": 20,
+                        "wait": 30,
+                        "min_interval": 0.2,
+                        "backoff": 0.5,
+                        "backoff_max": 2,
+                    }
+                }
+            ],
+            "reactor": [{KV_TAG: ["salt://reactor/consul_kv.sls"]}],
+            "consul_react": {"kv": {"sls": "consulapp", "batch_size": 1, "splay": 1}},
+            "log_level_logfile": "debug",
+        },
+    )
+    with factory.started():
+        yield factory
+
+
+@pytest.fixture(scope="module")
+def react_minions(react_master):
+    with contextlib.ExitStack() as stack:
+        minions = {}
+        for mid in PROD + [DEV]:
+            factory = react_master.salt_minion_daemon(mid, overrides={"log_level_logfile": "debug"})
+            stack.enter_context(factory.started())
+            minions[mid] = factory
+        yield minions
+
+
+def _applies(applied_dir, mid):
+    path = applied_dir / f"{mid}.log"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _kv_events(event_listener, after):
+    return sorted(
+        event_listener.get_events([(MASTER_ID, KV_TAG)], after_time=after), key=lambda e: e.stamp
+    )
+
+
+def _wait_engine_live(react_consul, event_listener):
+    """Write a probe key (no environment) until the engine reports it: the engine is watching."""
+    for attempt in range(8):
+        after = time.time()
+        react_consul.api("PUT", "/v1/kv/config/_probe", str(attempt).encode())
+        if event_listener.wait_for_events([(MASTER_ID, KV_TAG)], timeout=10, after_time=after).found_all_events:
+            return
+    pytest.fail("the consul_watch engine never reported the probe key")
+
+
+def _wait_orchestrations(event_listener, after, count, timeout=180):
+    """Wait until ``count`` orchestrate runs started after ``after`` returned; return their events."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rets = [
+            e
+            for e in event_listener.get_events([(MASTER_ID, "salt/run/*/ret")], after_time=after)
+            if e.data.get("fun") == "runner.state.orchestrate"
+        ]
+        if len(rets) >= count:
+            return rets
+        time.sleep(1)
+    pytest.fail(f"{count} orchestration(s) did not finish in {timeout}s")
+
+
+def _burst(agent, keys_values):
+    for key, value in keys_values:
+        status, _ = agent.api("PUT", f"/v1/kv/{key}", value.encode())
+        assert status == 200
+
+
+def test_kv_change_reapplies_exactly_that_env_once_per_burst(
+    react_consul, react_minions, applied_dir, event_listener
+):
+    _wait_engine_live(react_consul, event_listener)
+    before = {mid: _applies(applied_dir, mid) for mid in react_minions}
+    after = time.time()
+    # A burst: six writes under config/prod/gg/ in quick succession.
+    _burst(react_consul, [("config/prod/gg/app/version", str(i)) for i in range(5)])
+    _burst(react_consul, [("config/prod/gg/app/feature", "on")])
+
+    rets = _wait_orchestrations(event_listener, after, 1)
+    events = _kv_events(event_listener, after)
+    assert len(events) == 1, [e.data for e in events]
+    data = events[0].data
+    # Net change since the last report: both keys are new (version was written
+    # five times within the burst); keys and environments only, no values.
+    assert data["added"] == ["config/prod/gg/app/feature", "config/prod/gg/app/version"]
+    assert data["changed"] == [] and data["deleted"] == []
+    assert data["envs"] == [{"layer": "config/{type}/{group}", "type": "prod", "group": "gg"}]
+    assert set(data) == {"prefix", "dc", "added", "changed", "deleted", "count", "truncated", "envs", "index"}
+    assert rets[0].data.get("success") is True, rets[0].data
+
+    applied = {mid: _applies(applied_dir, mid) - before[mid] for mid in react_minions}
+    assert applied == {PROD[0]: 1, PROD[1]: 1, DEV: 0}
+    # Consul really holds what the burst wrote.
+    assert react_consul.api_json("GET", "/v1/kv/config/prod/gg/app/version?raw") == 4
+
+    # Now dev: only the dev minion.
+    before = {mid: _applies(applied_dir, mid) for mid in react_minions}
+    after = time.time()
+    _burst(react_consul, [("config/dev/gg/app/version", "7")])
+    _wait_orchestrations(event_listener, after, 1)
+    assert len(_kv_events(event_listener, after)) == 1
+    applied = {mid: _applies(applied_dir, mid) - before[mid] for mid in react_minions}
+    assert applied == {PROD[0]: 0, PROD[1]: 0, DEV: 1}
+
+
+def test_engine_survives_consul_restart(react_consul, react_minions, applied_dir, event_listener):
+    _wait_engine_live(react_consul, event_listener)
+    react_consul.restart()
+    assert react_consul.api_json("GET", "/v1/kv/config/dev/gg/app/version?raw") == 7  # data kept
+
+    before = _applies(applied_dir, DEV)
+    after = time.time()
+    # The engine reconnects by itself (bounded backoff); the first write after
+    # the restart is seen and handled like any other.
+    _burst(react_consul, [("config/dev/gg/app/after_restart", "1")])
+    event_listener.wait_for_events([(MASTER_ID, KV_TAG)], timeout=60, after_time=after)
+    events = _kv_events(event_listener, after)
+    assert [e.data["added"] for e in events] == [["config/dev/gg/app/after_restart"]]
+    _wait_orchestrations(event_listener, after, 1)
+    assert _applies(applied_dir, DEV) == before + 1
+    assert all(_applies(applied_dir, mid) >= 1 for mid in PROD)
