@@ -389,13 +389,13 @@ def service_present(
         if problem:
             return _fail(ret, problem)
         ret["changes"] = changes
-        verb = "register" if current is None else "update"
+        verb = "registered" if current is None else "updated"
         if __opts__.get("test"):
             ret["result"] = None
-            ret["comment"] = f"Service {sid} would be {verb}d"
+            ret["comment"] = f"Service {sid} would be {verb}"
             return ret
         _service_write(desired, stale, token)
-        ret["comment"] = f"Service {sid} {verb}d"
+        ret["comment"] = f"Service {sid} {verb}"
     except (SaltInvocationError, CommandExecutionError) as err:
         ret["changes"] = {}
         return _fail(ret, f"Service {service_id or name}: {err}")
@@ -918,7 +918,8 @@ def single_holder_service(
             )
         session = __salt__["consul.session_create"](
             name=f"salt-consul {name} {me}",
-            checks=["serfHealth"] + check_ids,
+            checks=["serfHealth"],
+            service_checks=check_ids,
             lock_delay=lock_delay,
             behavior="release",
             token=token,

@@ -1,0 +1,19 @@
+{#-
+  consul.dns: environment DNS names. For each service listed, a prepared-query
+  template so that <service>.<type>.<group>.<datacenter>.query.consul (the
+  service name plus the postfix, e.g. db.prod.gg.mydc1.query.consul) resolves
+  to the healthy instances tagged with that type and group. Apply it on one
+  minion per Consul datacenter (queries live in the datacenter's catalog).
+-#}
+{%- set conf = salt['pillar.get']('consul_dns', {}) %}
+{%- for service in conf.get('services', []) or [] %}
+
+consul-dns-{{ service }}:
+  consul.env_query_present:
+    - name: {{ service | yaml_dquote }}
+{%-   for key in ('datacenter', 'ttl', 'near', 'only_passing', 'failover_datacenters') %}
+{%-     if conf.get(key) is not none %}
+    - {{ key }}: {{ conf[key] | json }}
+{%-     endif %}
+{%-   endfor %}
+{%- endfor %}

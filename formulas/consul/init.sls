@@ -1,0 +1,3 @@
+# `state.apply consul`: the same as consul.register.
+include:
+  - consul.register

@@ -1,0 +1,65 @@
+{#-
+  consul.register: register this minion's services and checks from pillar, on
+  every highstate, tagged with its environment; deregister the services this
+  minion registered earlier that have left pillar. Services registered by
+  anything or anyone else are never touched.
+
+  Pillar (see pillar.example):
+
+    consul_register:
+      id_format: '{service}@{minion_id}'   # service IDs; {service} {minion_id} {host}
+      env_tags: true                       # add the env type and group as tags
+      prune: true                          # deregister own services not in pillar
+      services:
+        web:
+          port: 8080
+          tags: [http]
+          checks:
+            - name: http
+              http: http://127.0.0.1:8080/health
+              interval: 10s
+-#}
+{%- set conf = salt['pillar.get']('consul_register', {}) %}
+{%- set services = conf.get('services', {}) or {} %}
+{%- set env = salt['consul.env']() %}
+{%- set id_format = conf.get('id_format', '{service}@{minion_id}') %}
+{%- set keep = [] %}
+{%- set ids = [] %}
+
+{%- for service, spec in services | dictsort %}
+{%-   set spec = spec or {} %}
+{%-   set sid = spec.get('id') or id_format.format(service=service, minion_id=grains['id'], host=env.get('host') or grains['id']) %}
+{%-   do keep.append(sid) %}
+{%-   do ids.append('consul-register-' ~ service) %}
+{%-   set meta = spec.get('meta', {}) or {} %}
+{%-   if env.get('postfix') %}
+{%-     do meta.update({'env': env['postfix']}) %}
+{%-   endif %}
+
+consul-register-{{ service }}:
+  consul.service_present:
+    - name: {{ spec.get('name', service) | yaml_dquote }}
+    - service_id: {{ sid | yaml_dquote }}
+    - tags: {{ spec.get('tags', []) | json }}
+    - env_tags: {{ conf.get('env_tags', True) | json }}
+    - meta: {{ meta | json }}
+{%-   for key in ('address', 'port', 'weights', 'enable_tag_override') %}
+{%-     if spec.get(key) is not none %}
+    - {{ key }}: {{ spec[key] | json }}
+{%-     endif %}
+{%-   endfor %}
+    - checks: {{ spec.get('checks', []) | json }}
+{%- endfor %}
+
+{%- if conf.get('prune', True) %}
+
+consul-register-prune:
+  consul.services_pruned:
+    - keep: {{ keep | json }}
+{%-   if ids %}
+    - require:
+{%-     for id in ids %}
+      - consul: {{ id }}
+{%-     endfor %}
+{%-   endif %}
+{%- endif %}
