@@ -82,7 +82,7 @@ def _kind(err):
     if isinstance(err, ConsulCASConflict):
         return "CAS conflict"
     if isinstance(err, ConsulNotFound) or _unknown_agent_object(err):
-        return "not found"
+        return "not found (or not a TTL check)" if "associated ttl" in str(err).lower() else "not found"
     if isinstance(err, ConsulUnreachable):
         return "Consul unreachable"
     if isinstance(err, ConsulInvalidRequest):
@@ -93,9 +93,12 @@ def _kind(err):
 
 
 def _unknown_agent_object(err):
-    # Consul 1.8 answers an unknown service/check ID on the agent API with 500.
+    # Consul 1.8 answers an unknown service/check ID on the agent API with 500
+    # (and a TTL update of an unknown check with "does not have associated TTL").
     text = str(err).lower()
-    return isinstance(err, ConsulServerError) and ("unknown service" in text or "unknown check" in text)
+    return isinstance(err, ConsulServerError) and (
+        "unknown service" in text or "unknown check" in text or "does not have associated ttl" in text
+    )
 
 
 def _fail(operation, err):
@@ -871,3 +874,577 @@ def lock_holder(key, dc=None, consistency=None, token=None):
         "name": info.get("Name"),
         "value": saltconsul_kv.b64_to_text(entries[0].get("Value")),
     }
+
+
+# --------------------------------------------------------------------------- agent services and checks
+
+# Our lowercase check keys -> Consul's CamelCase (agent API, Consul 1.8).
+_CHECK_FIELDS = {
+    "name": "Name",
+    "id": "CheckID",
+    "service_id": "ServiceID",
+    "http": "HTTP",
+    "tcp": "TCP",
+    "ttl": "TTL",
+    "grpc": "GRPC",
+    "args": "Args",
+    "alias_service": "AliasService",
+    "alias_node": "AliasNode",
+    "interval": "Interval",
+    "timeout": "Timeout",
+    "deregister_critical_service_after": "DeregisterCriticalServiceAfter",
+    "status": "Status",
+    "notes": "Notes",
+    "method": "Method",
+    "header": "Header",
+    "tls_skip_verify": "TLSSkipVerify",
+    "grpc_use_tls": "GRPCUseTLS",
+    "success_before_passing": "SuccessBeforePassing",
+    "failures_before_critical": "FailuresBeforeCritical",
+}
+_CHECK_TYPES = ("http", "tcp", "ttl", "grpc", "args", "alias_service")
+_NEEDS_INTERVAL = ("http", "tcp", "grpc", "args")
+_CHECK_DURATIONS = ("ttl", "interval", "timeout", "deregister_critical_service_after")
+
+
+def _check_body(check, what="check"):
+    """Validate one check given with our lowercase keys and return Consul's body."""
+    if not isinstance(check, dict):
+        raise SaltInvocationError(f"{what} must be a dict")
+    check = {k: v for k, v in check.items() if v is not None}
+    unknown = sorted(set(check) - set(_CHECK_FIELDS))
+    if unknown:
+        raise SaltInvocationError(f"{what}: unknown keys {unknown}; use {sorted(_CHECK_FIELDS)}")
+    kinds = [k for k in _CHECK_TYPES if k in check]
+    if len(kinds) != 1:
+        raise SaltInvocationError(f"{what} needs exactly one of {', '.join(_CHECK_TYPES)} (got {kinds or 'none'})")
+    kind = kinds[0]
+    if kind in _NEEDS_INTERVAL and "interval" not in check:
+        raise SaltInvocationError(f"{what}: a {kind} check needs an interval")
+    body = {}
+    for key, value in check.items():
+        field = _CHECK_FIELDS[key]
+        if key in _CHECK_DURATIONS:
+            value = _duration(value, f"{what} {key}")
+        elif key == "status":
+            if value not in _CHECK_STATUSES:
+                raise SaltInvocationError(f"{what} status must be one of {', '.join(_CHECK_STATUSES)}")
+        elif key == "args":
+            value = _str_list(value, f"{what} args")
+            if not value:
+                raise SaltInvocationError(f"{what} args must not be empty")
+        elif key == "header":
+            if not isinstance(value, dict):
+                raise SaltInvocationError(f"{what} header must be a dict of name: value(s)")
+            value = {str(h): _str_list(v, f"{what} header {h}") for h, v in value.items()}
+        elif key in ("tls_skip_verify", "grpc_use_tls"):
+            value = bool(value)
+        elif key in ("success_before_passing", "failures_before_critical"):
+            value = _uint(value, f"{what} {key}")
+        else:
+            _opt_str(value, f"{what} {key}")
+        body[field] = value
+    return body
+
+
+def _meta(meta):
+    if meta is None:
+        return None
+    if not isinstance(meta, dict) or len(meta) > 64:
+        raise SaltInvocationError("meta must be a dict of at most 64 string pairs")
+    out = {}
+    for key, value in meta.items():
+        if not isinstance(key, str) or not _META_KEY.match(key) or key.startswith("consul-"):
+            raise SaltInvocationError(
+                f"meta key {key!r} must be 1-128 characters of A-Z a-z 0-9 _ - and not start with 'consul-'"
+            )
+        value = "" if value is None else str(value) if isinstance(value, (int, float)) else value
+        if not isinstance(value, str) or len(value) > 512:
+            raise SaltInvocationError(f"meta value for {key!r} must be a string of at most 512 characters")
+        out[key] = value
+    return out
+
+
+def service_register(
+    name,
+    id=None,  # pylint: disable=redefined-builtin
+    tags=None,
+    address=None,
+    port=None,
+    meta=None,
+    enable_tag_override=False,
+    weights=None,
+    checks=None,
+    replace_existing_checks=False,
+    token=None,
+):
+    """
+    Register (or replace) a service with the local agent. Returns True.
+
+    name
+        The service name, e.g. ``db``.
+    id
+        The instance ID (default: ``name``); unique on this agent.
+    tags
+        A list of tags, e.g. ``[prod, gg, primary]``.
+    address
+        The service address (default: the node's address).
+    port
+        The service port.
+    meta
+        A dict of string metadata (keys ``[A-Za-z0-9_-]``, at most 64 pairs).
+    enable_tag_override
+        Let external agents (e.g. a database's own failover) change the tags.
+    weights
+        ``{"passing": 10, "warning": 1}`` for DNS SRV weighting.
+    checks
+        Any number of checks, each a dict with ``name``, ``id``, exactly one of
+        ``http``/``tcp``/``ttl``/``grpc``/``args``/``alias_service``, and
+        ``interval``, ``timeout``, ``deregister_critical_service_after``,
+        ``status`` (initial), ``notes``, ``method``, ``header``,
+        ``tls_skip_verify``, ``grpc_use_tls``, ``success_before_passing``,
+        ``failures_before_critical``.
+    replace_existing_checks
+        Remove this service's checks that are not in ``checks``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.service_register db id=db01 port=5432 tags='[prod, gg]' \\
+            checks='[{name: pg, tcp: "127.0.0.1:5432", interval: 10s}, {id: db01-ttl, ttl: 30s}]'
+    """
+    _seg(name, "name")
+    body = {"Name": name}
+    if id is not None:
+        _seg(id, "id")
+        body["ID"] = id
+    if tags is not None:
+        body["Tags"] = _str_list(tags, "tags")
+    if address is not None:
+        body["Address"] = _opt_str(address, "address")
+    if port is not None:
+        body["Port"] = _uint(port, "port", maximum=65535)
+    if meta is not None:
+        body["Meta"] = _meta(meta)
+    body["EnableTagOverride"] = bool(enable_tag_override)
+    if weights is not None:
+        if not isinstance(weights, dict) or set(weights) - {"passing", "warning"}:
+            raise SaltInvocationError("weights must be a dict with 'passing' and/or 'warning'")
+        body["Weights"] = {
+            "Passing": _uint(weights.get("passing", 1), "weights passing"),
+            "Warning": _uint(weights.get("warning", 1), "weights warning"),
+        }
+    if checks is not None:
+        if isinstance(checks, dict):
+            checks = [checks]
+        if not isinstance(checks, (list, tuple)):
+            raise SaltInvocationError("checks must be a list of dicts")
+        body["Checks"] = [_check_body(c, f"checks[{i}]") for i, c in enumerate(checks)]
+    with _consul("service_register"):
+        _client(token).put(
+            "/v1/agent/service/register",
+            json=body,
+            params={"replace-existing-checks": bool(replace_existing_checks)},
+        )
+    return True
+
+
+def service_deregister(service_id, token=None):
+    """
+    Remove a service instance (and its checks) from the local agent. True, also
+    when it was not registered (Consul 1.8 answers that case differently with
+    and without ACLs; the end state is the same).
+
+    service_id
+        The service instance ID.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.service_deregister db01
+    """
+    path = f"/v1/agent/service/deregister/{_seg(service_id, 'service_id')}"
+    try:
+        _client(token).put(path)
+    except ConsulError as err:
+        if not _unknown_agent_object(err):
+            raise _fail("service_deregister", err) from err
+    return True
+
+
+def service_list(filter=None, token=None):  # pylint: disable=redefined-builtin
+    """
+    The local agent's services: ``/v1/agent/services``, a dict keyed by ID.
+
+    filter
+        A Consul filter expression, e.g. ``'Service == "db"'``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.service_list
+    """
+    _opt_str(filter, "filter")
+    with _consul("service_list"):
+        return _client(token).get("/v1/agent/services", params={"filter": filter}) or {}
+
+
+def service_get(service_id, token=None):
+    """
+    One local service (``/v1/agent/service/<id>``: ``ID``, ``Service``,
+    ``Tags``, ``Meta``, ``Port``, ``Address``, ``Weights``, ...) or None.
+
+    service_id
+        The service instance ID.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.service_get db01
+    """
+    path = f"/v1/agent/service/{_seg(service_id, 'service_id')}"
+    with _consul("service_get"):
+        return _client(token).get(path, not_found_ok=True)
+
+
+def service_maintenance(service_id, enable, reason=None, token=None):
+    """
+    Put a local service into maintenance (it fails health queries and
+    discovery) or take it out. Returns True.
+
+    service_id
+        The service instance ID.
+    enable
+        True to enter maintenance, False to leave it.
+    reason
+        Shown in the maintenance check's notes.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.service_maintenance db01 True reason='disk swap'
+    """
+    path = f"/v1/agent/service/maintenance/{_seg(service_id, 'service_id')}"
+    if not isinstance(enable, bool):
+        raise SaltInvocationError("enable must be True or False")
+    _opt_str(reason, "reason")
+    with _consul("service_maintenance"):
+        _client(token).put(path, params={"enable": "true" if enable else "false", "reason": reason})
+    return True
+
+
+def check_register(
+    name,
+    id=None,  # pylint: disable=redefined-builtin
+    service_id=None,
+    http=None,
+    tcp=None,
+    ttl=None,
+    grpc=None,
+    args=None,
+    alias_service=None,
+    interval=None,
+    timeout=None,
+    deregister_critical_service_after=None,
+    status=None,
+    notes=None,
+    method=None,
+    header=None,
+    tls_skip_verify=None,
+    grpc_use_tls=None,
+    alias_node=None,
+    success_before_passing=None,
+    failures_before_critical=None,
+    token=None,
+):
+    """
+    Register (or replace) a check with the local agent. Returns True.
+
+    name
+        The check name.
+    id
+        The check ID (default: ``name``).
+    service_id
+        Attach the check to this local service instance.
+    http / tcp / ttl / grpc / args / alias_service
+        Exactly one: URL to GET, ``host:port`` to connect to, a TTL duration
+        (then report with ``check_pass``/``check_warn``/``check_fail``), a gRPC
+        endpoint, a command (list) to run, or a service to mirror.
+    interval
+        How often to run http/tcp/grpc/args checks, e.g. ``10s``.
+    timeout
+        Per-run timeout.
+    deregister_critical_service_after
+        Remove the service after it has been critical this long.
+    status
+        Initial status: ``passing``, ``warning`` or ``critical`` (Consul's default).
+    notes
+        Free text for humans.
+    method / header / tls_skip_verify
+        HTTP check options.
+    grpc_use_tls
+        Use TLS for a grpc check.
+    alias_node
+        The node of ``alias_service`` (default: this node).
+    success_before_passing / failures_before_critical
+        Consecutive results needed to flip status.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.check_register mem id=mem ttl=60s
+        salt-call consul.check_register web-http service_id=web01 http=http://127.0.0.1:8080/health interval=10s
+    """
+    check = {
+        "name": name, "id": id, "service_id": service_id, "http": http, "tcp": tcp, "ttl": ttl,
+        "grpc": grpc, "args": args, "alias_service": alias_service, "interval": interval,
+        "timeout": timeout, "deregister_critical_service_after": deregister_critical_service_after,
+        "status": status, "notes": notes, "method": method, "header": header,
+        "tls_skip_verify": tls_skip_verify, "grpc_use_tls": grpc_use_tls, "alias_node": alias_node,
+        "success_before_passing": success_before_passing,
+        "failures_before_critical": failures_before_critical,
+    }
+    _seg(name, "name")
+    body = _check_body(check)
+    # The standalone endpoint calls it ID; inside a service definition it is CheckID.
+    if "CheckID" in body:
+        body["ID"] = body.pop("CheckID")
+    with _consul("check_register"):
+        _client(token).put("/v1/agent/check/register", json=body)
+    return True
+
+
+def check_deregister(check_id, token=None):
+    """
+    Remove a check from the local agent. True, also when it was not registered.
+
+    check_id
+        The check ID.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.check_deregister mem
+    """
+    path = f"/v1/agent/check/deregister/{_seg(check_id, 'check_id')}"
+    try:
+        _client(token).put(path)
+    except ConsulError as err:
+        if not _unknown_agent_object(err):
+            raise _fail("check_deregister", err) from err
+    return True
+
+
+def check_list(filter=None, token=None):  # pylint: disable=redefined-builtin
+    """
+    The local agent's checks: ``/v1/agent/checks``, a dict keyed by CheckID.
+
+    filter
+        A Consul filter expression, e.g. ``'ServiceName == "db"'``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.check_list
+    """
+    _opt_str(filter, "filter")
+    with _consul("check_list"):
+        return _client(token).get("/v1/agent/checks", params={"filter": filter}) or {}
+
+
+def _check_update(operation, check_id, status, note, token):
+    path = f"/v1/agent/check/update/{_seg(check_id, 'check_id')}"
+    _opt_str(note, "note")
+    # The update endpoint takes the note in the body, so it never lands in access logs.
+    with _consul(operation):
+        _client(token).put(path, json={"Status": status, "Output": note or ""})
+    return True
+
+
+def check_pass(check_id, note=None, token=None):
+    """
+    Mark a TTL check passing (and restart its TTL). Returns True.
+
+    check_id
+        The check ID.
+    note
+        Output shown with the check.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.check_pass db01-ttl note='replication ok'
+    """
+    return _check_update("check_pass", check_id, "passing", note, token)
+
+
+def check_warn(check_id, note=None, token=None):
+    """
+    Mark a TTL check warning. Returns True.
+
+    check_id
+        The check ID.
+    note
+        Output shown with the check.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.check_warn db01-ttl note='replication lag 30s'
+    """
+    return _check_update("check_warn", check_id, "warning", note, token)
+
+
+def check_fail(check_id, note=None, token=None):
+    """
+    Mark a TTL check critical. Returns True.
+
+    check_id
+        The check ID.
+    note
+        Output shown with the check.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.check_fail db01-ttl note='replication broken'
+    """
+    return _check_update("check_fail", check_id, "critical", note, token)
+
+
+def health_service(service, passing=False, tag=None, near=None, dc=None, consistency=None, token=None):
+    """
+    The instances of ``service`` with their node and checks
+    (``/v1/health/service/<service>``: a list of ``{Node, Service, Checks}``).
+
+    service
+        The service name.
+    passing
+        Only instances whose checks are all passing.
+    tag
+        Only instances with this tag (or all these tags).
+    near
+        Sort by round-trip time from this node (``_agent`` for this agent).
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.health_service db passing=True tag=prod
+    """
+    path = f"/v1/health/service/{_seg(service, 'service')}"
+    params = {"passing": bool(passing), "tag": _str_list(tag, "tag"), "near": _opt_str(near, "near")}
+    with _consul("health_service"):
+        return _client(token).get(path, params=params, dc=_dc(dc), consistency=consistency) or []
+
+
+def health_node(node, dc=None, consistency=None, token=None):
+    """
+    The checks of ``node`` (``/v1/health/node/<node>``), node and service checks.
+
+    node
+        The node name.
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.health_node db01
+    """
+    path = f"/v1/health/node/{_seg(node, 'node')}"
+    with _consul("health_node"):
+        return _client(token).get(path, dc=_dc(dc), consistency=consistency) or []
+
+
+def health_checks(service, dc=None, consistency=None, token=None):
+    """
+    Every check of every instance of ``service`` (``/v1/health/checks/<service>``).
+
+    service
+        The service name.
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.health_checks db
+    """
+    path = f"/v1/health/checks/{_seg(service, 'service')}"
+    with _consul("health_checks"):
+        return _client(token).get(path, dc=_dc(dc), consistency=consistency) or []
+
+
+def health_state(state="any", dc=None, consistency=None, token=None):
+    """
+    Every check in ``state`` (``passing``, ``warning``, ``critical`` or ``any``).
+
+    state
+        The state to list.
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' consul.health_state critical
+    """
+    if state not in _CHECK_STATUSES + ("any",):
+        raise SaltInvocationError("state must be passing, warning, critical or any")
+    with _consul("health_state"):
+        return _client(token).get(f"/v1/health/state/{state}", dc=_dc(dc), consistency=consistency) or []
