@@ -208,3 +208,65 @@ def test_layers_name_the_environment():
     assert env("config/global/ntp", compiled) == {"layer": "config/global"}
     assert env("nodes/web01.prod.gg.mydc1/x", compiled)["minion_id"] == "web01.prod.gg.mydc1"
     assert env("other/key", compiled) is None
+
+
+def test_index_reset_after_agent_restart_without_data(tmp_path):
+    """An agent that comes back empty has a lower index: the watcher re-reads, resets, keeps watching."""
+    import localconsul
+
+    agent = localconsul.LocalConsul("dc1", node_name="reset-dc1", log_dir=str(tmp_path))
+    try:
+        agent.start()
+        client = saltconsul_client.get_client({"consul": {"address": agent.http_addr, "retries": 0}}, {})
+        for i in range(30):  # push the index well above a fresh agent's
+            _put(agent, f"reset/k{i % 3}", str(i))
+        watcher = saltconsul_watch.Watcher(
+            client, saltconsul_watch.KVWatch("reset/"), wait=3, min_wait=0.3, max_wait=5,
+            min_interval=0.1, poll_interval=0.3, backoff=0.2, backoff_max=0.5,
+        )
+        watcher.step()
+        old_index = watcher.index
+        assert old_index and len(watcher.current) == 3
+
+        agent.restart()  # in-memory data: KV and index history are gone
+        _put(agent, "reset/new", "1")
+        events = _run_until_event(watcher, limit=30)
+        assert watcher.index is not None and watcher.index < old_index
+        assert watcher.stats["resets"] == 1
+        payload = events[0][1]
+        assert payload["added"] == ["reset/new"]
+        assert payload["deleted"] == ["reset/k0", "reset/k1", "reset/k2"]
+
+        # And it blocks on the new index: the next write is seen too.
+        _put(agent, "reset/new", "2")
+        events = _run_until_event(watcher, limit=20)
+        assert events[0][1]["changed"] == ["reset/new"]
+        assert agent.api_json("GET", "/v1/kv/reset/new?raw") == 2
+    finally:
+        agent.cleanup()
+
+
+def test_beacon_through_salt_loader(consul_agent, minion_opts, kv_prefix):
+    """The beacon loads through Salt's beacons loader (which has no utils on sys.path) and reports."""
+    import salt.loader
+
+    minion_opts = dict(minion_opts, extension_modules=str(saltconsul_watch.__file__).rsplit("/_utils/", 1)[0])
+    context = {}
+    beacons = salt.loader.beacons(minion_opts, {}, context=context)
+    assert "consul_watch.beacon" in beacons
+    config = [{"kv": [f"{kv_prefix}/b/"]}, {"min_wait": 0}, {"min_interval": 0.1}, {"query_wait": 0}]
+    assert beacons["consul_watch.validate"](config) == (True, "Valid beacon configuration")
+    assert beacons["consul_watch.validate"]([{"min_wait": 1}])[0] is False
+    _put(consul_agent, f"{kv_prefix}/b/one", "1")
+    assert beacons["consul_watch.beacon"](config) == []  # baseline
+    _put(consul_agent, f"{kv_prefix}/b/two", "secret-2")
+    events = []
+    for _ in range(20):  # bounded: one query per run, like a beacon interval
+        events = beacons["consul_watch.beacon"](config)
+        if events:
+            break
+        time.sleep(0.15)
+    assert len(events) == 1
+    assert events[0]["tag"] == f"kv/{kv_prefix}/b"
+    assert events[0]["added"] == [f"{kv_prefix}/b/two"]
+    assert "secret-2" not in json.dumps(events)
