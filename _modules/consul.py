@@ -1448,3 +1448,281 @@ def health_state(state="any", dc=None, consistency=None, token=None):
         raise SaltInvocationError("state must be passing, warning, critical or any")
     with _consul("health_state"):
         return _client(token).get(f"/v1/health/state/{state}", dc=_dc(dc), consistency=consistency) or []
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _own_env():
+    """This minion's environment: the ``env`` grain, else parsed from the minion ID."""
+    grain = __grains__.get("env")
+    return grain if isinstance(grain, dict) else env()
+
+
+def _env_tags(environment):
+    """The tags an instance must carry for ``environment`` (see ``discover``)."""
+    if environment is None or environment is False:
+        return []
+    if environment is True:
+        wanted = {}
+    elif isinstance(environment, dict):
+        unknown = set(environment) - {"type", "group"}
+        if unknown:
+            raise SaltInvocationError(f"environment may set type and group only, not {sorted(unknown)}")
+        wanted = environment
+    else:
+        raise SaltInvocationError("environment must be True, False or a dict with type and/or group")
+    own = _own_env()
+    tags = []
+    for field in ("type", "group"):
+        value = wanted.get(field, own.get(field))
+        if value is not None:
+            if not saltconsul_env.is_label(value):
+                raise SaltInvocationError(f"environment {field} {value!r} is not a DNS label")
+            tags.append(value)
+    if not tags and environment is True:
+        log.info("consul.discover: this minion has no env type/group; not filtering by environment")
+    return tags
+
+
+def _discover_entries(service, passing, dc, near, token, refresh):
+    """
+    Consul's health entries for ``service``, fetched once per Salt run: the
+    answer is memoised in ``__context__`` keyed by everything that shapes the
+    request (tags are filtered afterwards, so they do not cost a request).
+    """
+    path = f"/v1/health/service/{_seg(service, 'service')}"
+    token_key = hashlib.sha256(token.encode()).hexdigest() if token else None
+    # pid + thread: a threaded minion keeps __context__ across jobs; a forked
+    # one starts from its parent's copy. Either way a new job gets a new key.
+    key = (os.getpid(), threading.get_ident(), service, bool(passing), dc, near, token_key)
+    memo = __context__.setdefault(DISCOVER_CONTEXT_KEY, {})
+    if refresh or key not in memo:
+        for stale in [k for k in memo if k[:2] != key[:2]]:
+            memo.pop(stale, None)
+        with _consul("discover"):
+            memo[key] = _client(token).get(
+                path, params={"passing": bool(passing), "near": near}, dc=dc
+            ) or []
+    return memo[key]
+
+
+def discover(service, tags=None, passing=True, environment=True, dc=None, near=None, token=None, refresh=False):
+    """
+    The healthy instances of ``service`` for templates, each as
+    ``{"address", "port", "tags", "meta", "node", "id", "datacenter"}``.
+
+    ``address`` is the service's address, or its node's when the service has
+    none. Instances are sorted by address, port and ID (stable config files),
+    or by round-trip time with ``near``. Repeated calls for the same service in
+    one Salt run (e.g. ten lookups in one template) make one HTTP request.
+
+    service
+        The service name, e.g. ``db``.
+    tags
+        Only instances carrying all these tags (a string or a list).
+    passing
+        Only instances whose checks all pass (default True).
+    environment
+        True (default): only instances tagged with this minion's ``env`` type
+        and group (e.g. ``prod`` and ``gg``); False: any environment; a dict
+        such as ``{"type": "stg"}`` overrides part of this minion's environment.
+    dc
+        Datacenter (default: the agent's own, i.e. this minion's).
+    near
+        Sort by round-trip time from this node (``_agent``: this agent).
+    token
+        ACL token for this call instead of the configured one.
+    refresh
+        Ask Consul again even if this run already did.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.discover db
+        salt-call consul.discover db tags=primary environment='{type: stg}'
+
+    In a template:
+
+    .. code-block:: jinja
+
+        {% for db in salt['consul.discover']('db') %}
+        server {{ db.address }}:{{ db.port }};
+        {% endfor %}
+    """
+    wanted = set(_str_list(tags, "tags") or []) | set(_env_tags(environment))
+    _opt_str(near, "near")
+    entries = _discover_entries(service, passing, _dc(dc), near, token, refresh)
+    found = []
+    for entry in entries:
+        svc, node = entry.get("Service") or {}, entry.get("Node") or {}
+        svc_tags = svc.get("Tags") or []
+        if not wanted <= set(svc_tags):
+            continue
+        found.append(
+            {
+                "address": svc.get("Address") or node.get("Address"),
+                "port": svc.get("Port"),
+                "tags": list(svc_tags),
+                "meta": dict(svc.get("Meta") or {}),
+                "node": node.get("Node"),
+                "id": svc.get("ID"),
+                "datacenter": node.get("Datacenter"),
+            }
+        )
+    if near is None:
+        found.sort(key=lambda i: (i["address"] or "", i["port"] or 0, i["id"] or ""))
+    return found
+
+
+def discover_hosts(service, tags=None, passing=True, environment=True, dc=None, near=None, token=None, refresh=False):
+    """
+    ``discover`` as ``["host:port", ...]`` strings for config files (IPv6
+    addresses in brackets). Same arguments and the same one-request-per-run
+    memoisation as ``discover``.
+
+    service
+        The service name.
+    tags / passing / environment / dc / near / token / refresh
+        As for ``discover``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.discover_hosts db
+
+    .. code-block:: jinja
+
+        hosts = {{ salt['consul.discover_hosts']('db') | join(',') }}
+    """
+    hosts = []
+    for inst in discover(service, tags, passing, environment, dc, near, token, refresh):
+        address = inst["address"]
+        if address and ":" in address and not address.startswith("["):
+            address = f"[{address}]"
+        hosts.append(f"{address}:{inst['port']}")
+    return hosts
+
+
+# --------------------------------------------------------------------------- catalog and members
+
+
+def catalog_services(tag=None, dc=None, consistency=None, token=None):
+    """
+    Every service in the catalog with its tags: ``{"db": ["prod", "gg"], ...}``.
+
+    tag
+        Only services having this tag.
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.catalog_services
+    """
+    _opt_str(tag, "tag")
+    with _consul("catalog_services"):
+        services = _client(token).get("/v1/catalog/services", dc=_dc(dc), consistency=consistency) or {}
+    if tag is None:
+        return services
+    return {name: tags for name, tags in services.items() if tag in (tags or [])}
+
+
+def catalog_nodes(near=None, dc=None, consistency=None, token=None):
+    """
+    Every node in the catalog (``/v1/catalog/nodes``).
+
+    near
+        Sort by round-trip time from this node (``_agent``: this agent).
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.catalog_nodes
+    """
+    with _consul("catalog_nodes"):
+        return _client(token).get(
+            "/v1/catalog/nodes", params={"near": _opt_str(near, "near")}, dc=_dc(dc), consistency=consistency
+        ) or []
+
+
+def catalog_service(service, tag=None, near=None, dc=None, consistency=None, token=None):
+    """
+    Every instance of ``service`` in the catalog, healthy or not
+    (``/v1/catalog/service/<service>``).
+
+    service
+        The service name.
+    tag
+        Only instances with this tag (or all these tags).
+    near
+        Sort by round-trip time from this node.
+    dc
+        Datacenter.
+    consistency
+        ``stale`` or ``consistent``.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.catalog_service db tag=prod
+    """
+    path = f"/v1/catalog/service/{_seg(service, 'service')}"
+    params = {"tag": _str_list(tag, "tag"), "near": _opt_str(near, "near")}
+    with _consul("catalog_service"):
+        return _client(token).get(path, params=params, dc=_dc(dc), consistency=consistency) or []
+
+
+def catalog_datacenters(token=None):
+    """
+    The known datacenters, nearest first.
+
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.catalog_datacenters
+    """
+    with _consul("catalog_datacenters"):
+        return _client(token).get("/v1/catalog/datacenters") or []
+
+
+def agent_members(wan=False, token=None):
+    """
+    The members the local agent sees (LAN, or the servers of every datacenter with ``wan``).
+
+    wan
+        List WAN members instead of LAN members.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.agent_members
+    """
+    with _consul("agent_members"):
+        # Consul reads ?wan by value: a bare flag would mean false.
+        return _client(token).get("/v1/agent/members", params={"wan": "1" if wan else None}) or []
