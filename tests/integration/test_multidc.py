@@ -1,0 +1,115 @@
+"""
+Two real Consul datacenters, WAN-joined on loopback, and a real salt-master
+talking to dc1's agent only:
+
+* ``salt-run consul_replicate.kv`` copies a prefix from dc1 to dc2, writes
+  nothing the second time and propagates deletions;
+* with the ``consul_watch`` engine on dc1's prefix and the
+  ``reactor/consul_replicate.sls`` example, a write or a delete in dc1 reaches
+  dc2 by itself.
+
+dc2's state is always read from dc2's own agent.
+"""
+
+import pathlib
+import time
+import uuid
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+MASTER_ID = "multidc-master"
+PREFIX = "shared/"
+# The engine and reactor replicate only this part, so they never race the salt-run test.
+AUTO = "shared/auto/"
+
+
+@pytest.fixture(scope="module")
+def multidc_master(salt_factories, consul_dc_pair):
+    dc1, _ = consul_dc_pair
+    factory = salt_factories.salt_master_daemon(
+        MASTER_ID,
+        overrides={
+            "file_roots": {"base": [str(REPO / "formulas")]},
+            "engines_dirs": [str(REPO / "_engines")],
+            "runner_dirs": [str(REPO / "_runners")],
+            "utils_dirs": [str(REPO / "_utils")],
+            "consul": {
+                "address": dc1.http_addr,
+                "retries": 0,
+                "replicate": {"source": "dc1", "destinations": ["dc2"], "prefixes": [AUTO]},
+            },
+            "engines": [
+                {
+                    "consul_watch": {
+                        "kv": [{"prefix": AUTO, "dc": "dc1"}],
+                        "min_wait": 1,
+                        "max_wait": 10,
+                        "wait": 30,
+                        "min_interval": 0.2,
+                        "poll_interval": 1,
+                    }
+                }
+            ],
+            "reactor": [{f"salt/consul/kv/{AUTO.rstrip('/')}": ["salt://reactor/consul_replicate.sls"]}],
+            "log_level_logfile": "debug",
+        },
+    )
+    with factory.started():
+        yield factory
+    for agent in consul_dc_pair:
+        agent.api("DELETE", f"/v1/kv/{PREFIX}?recurse")
+
+
+def _raw(agent, key):
+    status, raw = agent.api("GET", f"/v1/kv/{key}?raw")
+    return raw if status == 200 else None
+
+
+def _wait_for(check, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_salt_run_replicates_idempotently_and_propagates_deletes(multidc_master, consul_dc_pair):
+    dc1, dc2 = consul_dc_pair
+    run = multidc_master.salt_run_cli(timeout=120)
+    sub = f"{PREFIX}cli-{uuid.uuid4().hex[:6]}/"
+    secret = "v4lue-not-in-output"
+    for key, value in (("db/host", "db.prod.gg.dc1"), ("db/password", secret), ("feature", "on")):
+        assert dc1.api("PUT", f"/v1/kv/{sub}{key}", value.encode())[0] == 200
+
+    ret = run.run("consul_replicate.kv", sub, "source=dc1", "destinations=[dc2]")
+    assert ret.returncode == 0, ret
+    assert sorted(ret.data["dc2"][sub]["created"]) == [f"{sub}db/host", f"{sub}db/password", f"{sub}feature"]
+    assert secret not in ret.stdout
+    assert _raw(dc2, f"{sub}db/password") == secret.encode()
+
+    ret = run.run("consul_replicate.kv", sub, "source=dc1", "destinations=[dc2]")
+    assert ret.returncode == 0, ret
+    assert ret.data["dc2"][sub] == {"created": [], "updated": [], "deleted": [], "conflicts": [], "unchanged": 3}
+
+    assert dc1.api("DELETE", f"/v1/kv/{sub}feature")[0] == 200
+    ret = run.run("consul_replicate.kv", sub, "source=dc1", "destinations=[dc2]")
+    assert ret.data["dc2"][sub]["deleted"] == [f"{sub}feature"]
+    assert _raw(dc2, f"{sub}feature") is None
+    assert _raw(dc2, f"{sub}db/host") == b"db.prod.gg.dc1"
+
+
+def test_engine_and_reactor_replicate_changes_by_themselves(multidc_master, consul_dc_pair):
+    dc1, dc2 = consul_dc_pair
+    sub = f"{AUTO}{uuid.uuid4().hex[:6]}/"
+    assert dc1.api("PUT", f"/v1/kv/{sub}keep", b"k")[0] == 200
+    assert dc1.api("PUT", f"/v1/kv/{sub}pool_size", b"20")[0] == 200
+    assert _wait_for(lambda: _raw(dc2, f"{sub}pool_size") == b"20"), "the write in dc1 never reached dc2"
+
+    assert dc1.api("PUT", f"/v1/kv/{sub}pool_size", b"30")[0] == 200
+    assert _wait_for(lambda: _raw(dc2, f"{sub}pool_size") == b"30"), "the update in dc1 never reached dc2"
+
+    assert dc1.api("DELETE", f"/v1/kv/{sub}pool_size")[0] == 200
+    assert _wait_for(lambda: _raw(dc2, f"{sub}pool_size") is None), "the delete in dc1 never reached dc2"
+    assert _raw(dc2, f"{sub}keep") == b"k"
