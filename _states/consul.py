@@ -259,11 +259,7 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
         if have != desired[field]:
             changes[key] = {"old": have, "new": desired[field]}
 
-    agent_checks = {
-        cid: check
-        for cid, check in (__salt__["consul.check_list"](token=token) or {}).items()
-        if check.get("ServiceID") == service_id
-    }
+    agent_checks = _service_checks(service_id, token)
     check_diff = False
     for check in norm_checks:
         have = agent_checks.get(check["id"])
@@ -286,6 +282,15 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
             "new": [_check_summary(check) for check in norm_checks],
         }
     return desired, current, changes, stale
+
+
+def _service_checks(service_id, token):
+    """The agent's checks attached to ``service_id``, keyed by CheckID."""
+    # Consul filters server-side, so each service reads only its own checks
+    # (not every check on the agent, which would grow with the fleet squared).
+    expr = None if '"' in service_id or "\\" in service_id else f'ServiceID == "{service_id}"'
+    checks = __salt__["consul.check_list"](filter=expr, token=token) or {}
+    return {cid: check for cid, check in checks.items() if check.get("ServiceID") == service_id}
 
 
 def _owner_problem(current, replace):
