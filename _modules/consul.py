@@ -1726,3 +1726,233 @@ def agent_members(wan=False, token=None):
     with _consul("agent_members"):
         # Consul reads ?wan by value: a bare flag would mean false.
         return _client(token).get("/v1/agent/members", params={"wan": "1" if wan else None}) or []
+
+
+# --------------------------------------------------------------------------- events
+
+
+def event_fire(name, payload=None, node=None, service=None, tag=None, dc=None, token=None):
+    """
+    Fire a Consul user event; returns its ID. Agents (and ``consul watch``)
+    matching the filters receive it. Payloads are limited to about 512 bytes
+    and are visible to anyone who can list events: never a secret.
+
+    name
+        The event name, e.g. ``deploy``.
+    payload
+        Text (or bytes) carried with the event.
+    node / service / tag
+        Regular-expression filters on who should act on the event.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.event_fire deploy payload=v1.2.3 service=web
+    """
+    path = f"/v1/event/fire/{_seg(name, 'name')}"
+    data = saltconsul_kv.encode_value(payload)
+    if len(data) > 512:
+        raise SaltInvocationError(f"event payload is {len(data)} bytes; Consul allows at most 512")
+    params = {"node": _opt_str(node, "node"), "service": _opt_str(service, "service"), "tag": _opt_str(tag, "tag")}
+    with _consul("event_fire"):
+        return _client(token).put(path, params=params, content=data, dc=_dc(dc))["ID"]
+
+
+def event_list(name=None, token=None):
+    """
+    The recent user events this agent has seen (payloads decoded to text).
+
+    name
+        Only events with this name.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.event_list name=deploy
+    """
+    with _consul("event_list"):
+        events = _client(token).get("/v1/event/list", params={"name": _opt_str(name, "name")}) or []
+    for event in events:
+        event["Payload"] = saltconsul_kv.b64_to_text(event.get("Payload"))
+    return events
+
+
+# --------------------------------------------------------------------------- prepared queries
+
+
+def _hide_query_token(query):
+    # A prepared query may carry a token that executes it; never hand it out.
+    if isinstance(query, dict) and query.get("Token"):
+        query["Token"] = HIDDEN
+    return query
+
+
+def _query_definition(definition):
+    if not isinstance(definition, dict):
+        raise SaltInvocationError("definition must be a dict in Consul's prepared-query format")
+    service = definition.get("Service")
+    if not isinstance(service, dict) or not isinstance(service.get("Service"), str) or not service["Service"]:
+        raise SaltInvocationError("definition needs Service: {Service: <name>, ...}")
+    template = definition.get("Template")
+    if template is not None:
+        if not isinstance(template, dict) or template.get("Type") != "name_prefix_match":
+            raise SaltInvocationError("definition Template needs Type: name_prefix_match (and optionally Regexp)")
+        if "Name" not in definition:
+            raise SaltInvocationError("a query template needs a Name (the prefix it matches)")
+    for key in ("Name", "Session", "Token"):
+        _opt_str(definition.get(key), key)
+    return definition
+
+
+def query_create(definition, dc=None, token=None):
+    """
+    Create a prepared query; returns its ID.
+
+    definition
+        Consul's prepared-query definition, e.g. ``{"Name": "db", "Service":
+        {"Service": "db", "Tags": ["prod"], "OnlyPassing": true, "Failover":
+        {"NearestN": 2, "Datacenters": ["dc2"]}}}``. A template adds ``"Template":
+        {"Type": "name_prefix_match", "Regexp": "^db-(.+)$"}`` and refers to
+        captures as ``${match(1)}``.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.query_create '{Name: db, Service: {Service: db, OnlyPassing: true}}'
+    """
+    body = _query_definition(definition)
+    with _consul("query_create"):
+        return _client(token).request("POST", "/v1/query", json=body, dc=_dc(dc)).json()["ID"]
+
+
+def query_update(query_id, definition, dc=None, token=None):
+    """
+    Replace a prepared query's definition. Returns True.
+
+    query_id
+        The query ID.
+    definition
+        The complete new definition (see ``query_create``).
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.query_update 8f246b77-... '{Name: db, Service: {Service: db, Near: _agent}}'
+    """
+    path = f"/v1/query/{_seg(query_id, 'query_id')}"
+    body = _query_definition(definition)
+    with _consul("query_update"):
+        _client(token).put(path, json=body, dc=_dc(dc))
+    return True
+
+
+def query_get(query_id, dc=None, token=None):
+    """
+    One prepared query (its token shown as ``<hidden>``), or None.
+
+    query_id
+        The query ID.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.query_get 8f246b77-...
+    """
+    path = f"/v1/query/{_seg(query_id, 'query_id')}"
+    with _consul("query_get"):
+        found = _client(token).get(path, dc=_dc(dc), not_found_ok=True)
+    return _hide_query_token(found[0]) if found else None
+
+
+def query_list(dc=None, token=None):
+    """
+    Every prepared query (tokens shown as ``<hidden>``).
+
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.query_list
+    """
+    with _consul("query_list"):
+        return [_hide_query_token(q) for q in _client(token).get("/v1/query", dc=_dc(dc)) or []]
+
+
+def query_delete(query_id, dc=None, token=None):
+    """
+    Delete a prepared query. Returns True.
+
+    query_id
+        The query ID.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.query_delete 8f246b77-...
+    """
+    path = f"/v1/query/{_seg(query_id, 'query_id')}"
+    with _consul("query_delete"):
+        _client(token).delete(path, dc=_dc(dc))
+    return True
+
+
+def query_execute(name_or_id, near=None, limit=None, dc=None, token=None):
+    """
+    Execute a prepared query (by ID, name, or a name a template matches).
+    Returns Consul's answer: ``{"Service", "Nodes": [{Node, Service, Checks}],
+    "Datacenter", "Failovers", "DNS"}``.
+
+    name_or_id
+        The query's ID or name.
+    near
+        Sort by round-trip time from this node (``_agent``: this agent).
+    limit
+        At most this many nodes.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.query_execute db near=_agent limit=3
+    """
+    path = f"/v1/query/{_seg(name_or_id, 'name_or_id')}/execute"
+    params = {"near": _opt_str(near, "near"), "limit": _uint(limit, "limit")}
+    with _consul("query_execute"):
+        return _client(token).get(path, params=params, dc=_dc(dc))
