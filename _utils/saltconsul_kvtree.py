@@ -69,6 +69,7 @@ _FIELD = re.compile(r"{([^{}]*)}")
 _MINION_ID = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
 # Bound the warnings one tree build can log; the rest are counted.
 MAX_WARNINGS = 10
+_JSON_START = ("{", "[")
 
 
 class TemplateError(ValueError):
@@ -239,6 +240,7 @@ def build_tree(entries, root, mode="auto", leaf_key=DEFAULT_LEAF_KEY, warnings=N
     # ids of dicts that are folders (as opposed to decoded JSON objects), so a
     # leaf that decoded to a dict is still recognised as a leaf.
     folders = {id(tree)}
+    fast = mode == "auto"
     for key, raw in entries:
         if not key.startswith(base):
             continue
@@ -263,7 +265,18 @@ def build_tree(entries, root, mode="auto", leaf_key=DEFAULT_LEAF_KEY, warnings=N
             if raw:
                 node[leaf_key] = decode_value(raw, mode, key, warnings)
             continue
-        value = decode_value(raw, mode, key, warnings)
+        if fast and raw is not None:
+            # The common case inline (most values are plain text): the exact
+            # string, unless it looks like a JSON object or array.
+            try:
+                value = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                value = decode_value(raw, mode, key, warnings)
+            else:
+                if value[:1] in _JSON_START or (value[:1].isspace() and value.lstrip()[:1] in _JSON_START):
+                    value = decode_value(value, mode, key, warnings)
+        else:
+            value = decode_value(raw, mode, key, warnings)
         existing = node.get(last)
         if existing is not None and id(existing) in folders:
             existing[leaf_key] = value
@@ -276,9 +289,19 @@ def build_tree(entries, root, mode="auto", leaf_key=DEFAULT_LEAF_KEY, warnings=N
 
 def tree_from_consul(entries, root, mode="auto", leaf_key=DEFAULT_LEAF_KEY, warnings=None):
     """:func:`build_tree` over Consul's JSON entries (``{"Key", "Value"(base64)}``)."""
-    return build_tree(
-        ((e["Key"], b64decode(e.get("Value"))) for e in entries), root, mode, leaf_key, warnings
-    )
+    return build_tree(_raw_entries(entries), root, mode, leaf_key, warnings)
+
+
+def _raw_entries(entries):
+    a2b = binascii.a2b_base64
+    for entry in entries:
+        value = entry.get("Value")
+        if value is not None:
+            try:
+                value = a2b(value)
+            except (binascii.Error, ValueError, TypeError):
+                value = None
+        yield entry["Key"], value
 
 
 def merge_trees(trees):

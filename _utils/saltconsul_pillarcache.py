@@ -194,7 +194,8 @@ class Store:
         """The current watch index: the armed watcher's, else one plain request."""
         if self.revalidate == "watch":
             index = self.watcher.index
-            if index is not None:
+            # 0 (nothing under the prefix) is never watched: ask every time.
+            if index:
                 return index
         index = self.watcher.query()
         self.watcher.arm(index, background=self.revalidate == "watch")
@@ -329,6 +330,8 @@ def _group(results, roots):
     begins where a key leaves the current root or stops increasing (nested
     roots repeat keys).
     """
+    if len(roots) == 1:
+        return [[item["KV"] for item in results if isinstance(item, dict) and item.get("KV")]]
     groups = [[] for _ in roots]
     op = 0
     prev = None

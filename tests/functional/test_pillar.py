@@ -332,3 +332,11 @@ def test_outage_serves_last_good_marked_stale(own_consul, make_opts, caplog):
     opts = make_opts(own_consul, prefix)
     back = compile_pillar(opts, PROD)
     assert back["db"] == {"password": "rotated"} and "consul_pillar" not in back
+
+
+def test_empty_prefix_then_keys_appear(consul_agent, kv_prefix, make_opts):
+    """Consul answers 404 for an empty prefix: the first keys written must still show up."""
+    opts = make_opts(consul_agent, kv_prefix)
+    assert compile_pillar(opts, PROD) == {}
+    put(consul_agent, f"{kv_prefix}/global/a", "1")
+    assert compile_pillar(opts, PROD)["a"] == "1"
