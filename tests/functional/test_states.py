@@ -59,24 +59,50 @@ class StateCaller:
         return dict(saltconsul_client.get_client(self.loaders.opts, self.loaders.context).stats)
 
 
-@pytest.fixture
-def states(loaders):
-    return StateCaller(loaders)
-
-
-@pytest.fixture
-def other_states(minion_opts, tmp_path):
-    """A second minion (another ID, same agent): for ownership and single-holder races."""
+def _loaders(functional_minion, consul_agent, minion_id, cachedir):
     from saltfactories.utils.functional import Loaders
 
-    opts = copy.deepcopy(minion_opts)
-    opts["id"] = OTHER
-    opts["cachedir"] = str(tmp_path / "other-cache")
-    loaders = Loaders(opts)
+    opts = copy.deepcopy(functional_minion.config)
+    opts["consul"] = {"address": consul_agent.http_addr, "retries": 0}
+    opts["id"] = minion_id
+    opts["cachedir"] = str(cachedir)
+    return Loaders(opts)
+
+
+# Module-scoped: loading every Salt module and grain takes seconds, and these
+# tests only ever compare counters before/after, so they can share loaders.
+@pytest.fixture(scope="module")
+def state_loaders(functional_minion, consul_agent, tmp_path_factory):
+    loaders = _loaders(functional_minion, consul_agent, MINION, tmp_path_factory.mktemp("states-cache"))
     try:
-        yield StateCaller(loaders)
+        yield loaders
     finally:
         loaders.reset_state()
+
+
+@pytest.fixture(scope="module")
+def other_loaders(functional_minion, consul_agent, tmp_path_factory):
+    """A second minion (another ID, same agent): for ownership and single-holder races."""
+    loaders = _loaders(functional_minion, consul_agent, OTHER, tmp_path_factory.mktemp("other-cache"))
+    try:
+        yield loaders
+    finally:
+        loaders.reset_state()
+
+
+@pytest.fixture
+def loaders(state_loaders):
+    return state_loaders
+
+
+@pytest.fixture
+def states(state_loaders):
+    return StateCaller(state_loaders)
+
+
+@pytest.fixture
+def other_states(other_loaders):
+    return StateCaller(other_loaders)
 
 
 @pytest.fixture(params=[False, True], ids=["apply", "test-mode"])
