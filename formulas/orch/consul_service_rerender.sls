@@ -2,7 +2,10 @@
   Render again the configs that list a service whose healthy set changed.
 
   Which minions list which service is operator knowledge, so it is declared in
-  the master config; targets are still derived from minion IDs on the master:
+  the master config; targets are still derived from minion IDs on the master.
+  The state gets pillar consul_service:{name, healthy} (the event's healthy
+  instances: id, node, address, port, tags, datacenter); a template may use it
+  or ask consul.discover again.
     consul_react:
       services:
         db:
@@ -63,6 +66,11 @@ consul_service_rerender_{{ n }}:
     - tgt: {{ batch | json }}
     - tgt_type: {{ tgt_type }}
     - sls: {{ conf.get('sls', 'app.config') | json }}
+    {#- The healthy list travels along, so a template can use it directly. #}
+    - pillar:
+        consul_service:
+          name: {{ service | json }}
+          healthy: {{ ev.get('healthy', []) | json }}
 {%- if not loop.first %}
     - require:
       - salt: consul_service_splay_{{ n }}

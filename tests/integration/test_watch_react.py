@@ -10,6 +10,7 @@ module restarts its agent and its master runs an engine and a reactor.
 """
 
 import contextlib
+import json
 import pathlib
 import time
 
@@ -50,6 +51,13 @@ def react_tree(tmp_path_factory, applied_dir):
         "  cmd.run:\n"
         f"    - name: echo applied >> {applied_dir}/{{{{ grains['id'] }}}}.log\n"
     )
+    # The "config that lists db": the healthy instances' ports, from the event.
+    (root / "consulapp" / "config.sls").write_text(
+        "consulapp_db_config:\n"
+        "  file.managed:\n"
+        f"    - name: {applied_dir}/{{{{ grains['id'] }}}}.db.conf\n"
+        "    - contents: \"db={{ pillar['consul_service']['healthy'] | map(attribute='port') | join(',') }}\"\n"
+    )
     return root
 
 
@@ -67,6 +75,7 @@ def react_master(salt_factories, react_consul, react_tree):
                 {
                     "consul_watch": {
                         "kv": ["config/"],
+                        "services": ["db"],
                         "min_wait": 2,
                         "max_wait": 20,
                         "wait": 30,
@@ -76,8 +85,14 @@ def react_master(salt_factories, react_consul, react_tree):
                     }
                 }
             ],
-            "reactor": [{KV_TAG: ["salt://reactor/consul_kv.sls"]}],
-            "consul_react": {"kv": {"sls": "consulapp", "batch_size": 1, "splay": 1}},
+            "reactor": [
+                {KV_TAG: ["salt://reactor/consul_kv.sls"]},
+                {"salt/consul/service/*": ["salt://reactor/consul_service.sls"]},
+            ],
+            "consul_react": {
+                "kv": {"sls": "consulapp", "batch_size": 1, "splay": 1},
+                "services": {"db": {"sls": "consulapp.config", "type": "prod", "group": "gg"}},
+            },
             "log_level_logfile": "debug",
         },
     )
@@ -107,29 +122,36 @@ def _kv_events(event_listener, after):
     )
 
 
-def _wait_engine_live(react_consul, event_listener):
-    """Write a probe key (no environment) until the engine reports it: the engine is watching."""
-    for attempt in range(8):
-        after = time.time()
-        react_consul.api("PUT", "/v1/kv/config/_probe", str(attempt).encode())
-        if event_listener.wait_for_events([(MASTER_ID, KV_TAG)], timeout=10, after_time=after).found_all_events:
-            return
-    pytest.fail("the consul_watch engine never reported the probe key")
-
-
-def _wait_orchestrations(event_listener, after, count, timeout=180):
-    """Wait until ``count`` orchestrate runs started after ``after`` returned; return their events."""
+def _wait_orchestrations(event_listener, after, marker, count=1, timeout=180):
+    """
+    Wait until ``count`` orchestrate runs whose arguments (the event handed
+    over as pillar) mention ``marker`` returned after ``after``; return them.
+    """
     deadline = time.time() + timeout
     while time.time() < deadline:
         rets = [
             e
             for e in event_listener.get_events([(MASTER_ID, "salt/run/*/ret")], after_time=after)
-            if e.data.get("fun") == "runner.state.orchestrate"
+            if e.data.get("fun") == "runner.state.orchestrate" and marker in json.dumps(e.data.get("fun_args"))
         ]
         if len(rets) >= count:
             return rets
         time.sleep(1)
-    pytest.fail(f"{count} orchestration(s) did not finish in {timeout}s")
+    pytest.fail(f"{count} orchestration(s) for {marker} did not finish in {timeout}s")
+
+
+def _wait_engine_live(react_consul, event_listener):
+    """
+    Write a probe key (no environment) until the engine reports it and its
+    (empty) orchestration is over: the engine is watching, the bus is quiet.
+    """
+    for attempt in range(8):
+        after = time.time()
+        react_consul.api("PUT", "/v1/kv/config/_probe", str(attempt).encode())
+        if event_listener.wait_for_events([(MASTER_ID, KV_TAG)], timeout=10, after_time=after).found_all_events:
+            _wait_orchestrations(event_listener, after, "config/_probe")
+            return
+    pytest.fail("the consul_watch engine never reported the probe key")
 
 
 def _burst(agent, keys_values):
@@ -148,7 +170,7 @@ def test_kv_change_reapplies_exactly_that_env_once_per_burst(
     _burst(react_consul, [("config/prod/gg/app/version", str(i)) for i in range(5)])
     _burst(react_consul, [("config/prod/gg/app/feature", "on")])
 
-    rets = _wait_orchestrations(event_listener, after, 1)
+    rets = _wait_orchestrations(event_listener, after, "config/prod/gg/app/feature")
     events = _kv_events(event_listener, after)
     assert len(events) == 1, [e.data for e in events]
     data = events[0].data
@@ -169,7 +191,7 @@ def test_kv_change_reapplies_exactly_that_env_once_per_burst(
     before = {mid: _applies(applied_dir, mid) for mid in react_minions}
     after = time.time()
     _burst(react_consul, [("config/dev/gg/app/version", "7")])
-    _wait_orchestrations(event_listener, after, 1)
+    _wait_orchestrations(event_listener, after, "config/dev/gg/app/version")
     assert len(_kv_events(event_listener, after)) == 1
     applied = {mid: _applies(applied_dir, mid) - before[mid] for mid in react_minions}
     assert applied == {PROD[0]: 0, PROD[1]: 0, DEV: 1}
@@ -188,6 +210,37 @@ def test_engine_survives_consul_restart(react_consul, react_minions, applied_dir
     event_listener.wait_for_events([(MASTER_ID, KV_TAG)], timeout=60, after_time=after)
     events = _kv_events(event_listener, after)
     assert [e.data["added"] for e in events] == [["config/dev/gg/app/after_restart"]]
-    _wait_orchestrations(event_listener, after, 1)
+    _wait_orchestrations(event_listener, after, "config/dev/gg/app/after_restart")
     assert _applies(applied_dir, DEV) == before + 1
     assert all(_applies(applied_dir, mid) >= 1 for mid in PROD)
+
+
+def test_healthy_set_change_rerenders_configs_listing_the_service(react_consul, react_minions, applied_dir, event_listener):
+    _wait_engine_live(react_consul, event_listener)
+    conf = {mid: applied_dir / f"{mid}.db.conf" for mid in react_minions}
+    reg = {"Name": "db", "ID": "db-1", "Port": 5432, "Tags": ["prod", "gg"], "Check": {"TTL": "120s"}}
+    assert react_consul.api("PUT", "/v1/agent/service/register", reg)[0] == 200
+    try:
+        # Registered but critical: not healthy yet, so no change in the healthy set.
+        after = time.time()
+        assert react_consul.api("PUT", "/v1/agent/check/pass/service:db-1")[0] == 200
+        assert event_listener.wait_for_events(
+            [(MASTER_ID, "salt/consul/service/db")], timeout=60, after_time=after
+        ).found_all_events
+        _wait_orchestrations(event_listener, after, '"port": 5432')
+        assert conf[PROD[0]].read_text().strip() == "db=5432"
+        assert conf[PROD[1]].read_text().strip() == "db=5432"
+        assert not conf[DEV].exists()
+
+        # A second instance turns healthy: the configs name both.
+        reg2 = dict(reg, ID="db-2", Port=5433)
+        assert react_consul.api("PUT", "/v1/agent/service/register", reg2)[0] == 200
+        after = time.time()
+        assert react_consul.api("PUT", "/v1/agent/check/pass/service:db-2")[0] == 200
+        _wait_orchestrations(event_listener, after, '"port": 5433')
+        assert conf[PROD[0]].read_text().strip() == "db=5432,5433"
+        health = react_consul.api_json("GET", "/v1/health/service/db?passing")
+        assert sorted(h["Service"]["Port"] for h in health) == [5432, 5433]
+    finally:
+        react_consul.api("PUT", "/v1/agent/service/deregister/db-1")
+        react_consul.api("PUT", "/v1/agent/service/deregister/db-2")
