@@ -131,3 +131,14 @@ def test_discover_bad_arguments(consul):
         consul.discover("db", tags=[1])
     with pytest.raises(CommandExecutionError, match="discover failed"):
         consul.discover("db", dc="no-such-dc")
+
+
+def test_env_and_service_name(consul):
+    # The functional minion's ID is db01.prod.gg.mydc1.example.com.
+    own = consul.env()
+    assert (own["type"], own["group"], own["datacenter"], own["role"]) == ("prod", "gg", "mydc1", "db")
+    other = consul.env(hostname="mydc2-dev-hh-web03")
+    assert (other["type"], other["group"], other["datacenter"], other["role"]) == ("dev", "hh", "mydc2", "web")
+    assert consul.service_name("db") == "db.prod.gg.mydc1"
+    assert consul.service_name("db", hostname="mydc2-dev-hh-web03") == "db.dev.hh.mydc2"
+    assert consul.service_name("db", hostname="localhost") is None
