@@ -1,0 +1,1 @@
+"""Per-environment settings: ``demoapp.settings.<type>``, chosen by the config file."""
