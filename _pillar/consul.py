@@ -87,7 +87,6 @@ DEFAULTS = {
     "watch_wait": 300,
     "cache_dir": None,
 }
-_WARNED_NESTED = set()
 
 
 def __virtual__():
@@ -171,8 +170,9 @@ def parse_config(opts, kwargs):
 
     templates = [t for t, _ in layers]
     for outer, inner in saltconsul_kvtree.nested_templates(templates):
-        if (outer, inner) not in _WARNED_NESTED:
-            _WARNED_NESTED.add((outer, inner))
+        # The set lives in a util module: this module is re-executed per compile.
+        if (outer, inner) not in saltconsul_kvtree.WARNED_NESTED:
+            saltconsul_kvtree.WARNED_NESTED.add((outer, inner))
             log.warning(
                 "consul ext_pillar: layer %r lies inside layer %r, whose tree therefore also "
                 "holds %r and all its siblings; prefer non-overlapping layer folders",

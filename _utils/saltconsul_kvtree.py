@@ -70,6 +70,8 @@ _MINION_ID = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
 # Bound the warnings one tree build can log; the rest are counted.
 MAX_WARNINGS = 10
 _JSON_START = ("{", "[")
+# (outer, inner) template pairs already warned about, once per process.
+WARNED_NESTED = set()
 
 
 class TemplateError(ValueError):
