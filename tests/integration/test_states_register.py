@@ -6,9 +6,16 @@ Both minions share the test's one Consul agent, so the formula's default
 service IDs (``<service>@<minion id>``) keep their registrations apart.
 """
 
+import base64
+import pathlib
+import sys
 import textwrap
 
 import pytest
+
+# The stdlib DNS client lives with the functional state tests.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "functional"))
+from test_states import dns_query  # noqa: E402
 
 PROD = "web01.prod.gg.mydc1.example.com"
 DEV = "web01.dev.gg.mydc1.example.com"
@@ -113,3 +120,51 @@ def test_register_formula_per_environment(salt_cli, prod_minion, dev_minion, con
     finally:
         for sid in (hand, f"web@{PROD}", f"worker@{PROD}", f"web@{DEV}"):
             consul_agent.api("PUT", f"/v1/agent/service/deregister/{sid}")
+
+
+def test_primary_and_dns_formulas(salt_cli, prod_minion, dev_minion, consul_agent, pillar_tree):
+    """consul.primary on two minions of different environments: each holds its own env's lock;
+    consul.dns makes <service>.<postfix>.query.consul resolve to that environment's primary."""
+    top = pillar_tree / "top.sls"
+    original = top.read_text()
+    pillar = """
+consul_primary:
+  services:
+    pgit:
+      lock_delay: 1s
+      checks:
+        - name: alive
+          ttl: 120s
+          status: passing
+consul_dns:
+  services: [pgit]
+"""
+    (pillar_tree / "consul_primary_it.sls").write_text(pillar)
+    top.write_text(f"base:\n  '{PROD}':\n    - consul_primary_it\n  '{DEV}':\n    - consul_primary_it\n")
+    try:
+        for minion in (PROD, DEV):
+            assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=minion).returncode == 0
+            for sls in ("consul.primary", "consul.dns"):
+                ret = salt_cli.run("state.apply", sls, minion_tgt=minion)
+                assert ret.returncode == 0, ret
+                assert all(s["result"] is True for s in ret.data.values()), ret.data
+        for env, minion in (("prod", PROD), ("dev", DEV)):
+            entry = consul_agent.api_json("GET", f"/v1/kv/locks/pgit/{env}.gg.mydc1/leader")[0]
+            assert entry["Session"]
+            assert base64.b64decode(entry["Value"]).decode() == minion
+        services = consul_agent.api_json("GET", "/v1/agent/services")
+        assert services[f"pgit@{PROD}"]["Tags"] == ["prod", "gg"]
+        rcode, answers = dns_query(consul_agent.ports["dns"], "pgit.prod.gg.mydc1.query.consul")
+        assert rcode == 0 and answers == ["127.0.0.1"]  # the node's address (no service address set)
+        # Re-applying on the holders changes nothing.
+        again = salt_cli.run("state.apply", "consul.primary", minion_tgt=PROD)
+        assert [s["changes"] for s in again.data.values()] == [{}]
+    finally:
+        top.write_text(original)
+        (pillar_tree / "consul_primary_it.sls").unlink(missing_ok=True)
+        for minion in (PROD, DEV):
+            consul_agent.api("PUT", f"/v1/agent/service/deregister/pgit@{minion}")
+        for query in consul_agent.api_json("GET", "/v1/query") or []:
+            if query["Name"] == "pgit.":
+                consul_agent.api("DELETE", f"/v1/query/{query['ID']}")
+        consul_agent.api("DELETE", "/v1/kv/locks/pgit?recurse")
