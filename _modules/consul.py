@@ -1493,18 +1493,20 @@ def _discover_entries(service, passing, dc, near, token, refresh):
     """
     path = f"/v1/health/service/{_seg(service, 'service')}"
     token_key = hashlib.sha256(token.encode()).hexdigest() if token else None
-    # pid + thread: a threaded minion keeps __context__ across jobs; a forked
-    # one starts from its parent's copy. Either way a new job gets a new key.
-    key = (os.getpid(), threading.get_ident(), service, bool(passing), dc, near, token_key)
-    memo = __context__.setdefault(DISCOVER_CONTEXT_KEY, {})
-    if refresh or key not in memo:
-        for stale in [k for k in memo if k[:2] != key[:2]]:
-            memo.pop(stale, None)
+    key = (service, bool(passing), dc, near, token_key)
+    # A run is one process and one thread: a forked minion job starts from its
+    # parent's copy of __context__ (other pid), a threaded minion keeps
+    # __context__ across jobs but runs each in a new Thread object. The memo
+    # holds its thread object, so identity cannot be confused by reused ids.
+    memo = __context__.get(DISCOVER_CONTEXT_KEY)
+    me = threading.current_thread()
+    if not memo or memo["pid"] != os.getpid() or memo["thread"] is not me:
+        memo = __context__[DISCOVER_CONTEXT_KEY] = {"pid": os.getpid(), "thread": me, "answers": {}}
+    answers = memo["answers"]
+    if refresh or key not in answers:
         with _consul("discover"):
-            memo[key] = _client(token).get(
-                path, params={"passing": bool(passing), "near": near}, dc=dc
-            ) or []
-    return memo[key]
+            answers[key] = _client(token).get(path, params={"passing": bool(passing), "near": near}, dc=dc) or []
+    return answers[key]
 
 
 def discover(service, tags=None, passing=True, environment=True, dc=None, near=None, token=None, refresh=False):

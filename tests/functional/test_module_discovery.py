@@ -142,3 +142,20 @@ def test_env_and_service_name(consul):
     assert consul.service_name("db") == "db.prod.gg.mydc1"
     assert consul.service_name("db", hostname="mydc2-dev-hh-web03") == "db.dev.hh.mydc2"
     assert consul.service_name("db", hostname="localhost") is None
+
+
+def test_memo_is_per_thread(consul, module_loaders, consul_agent, svc):
+    import threading
+
+    _register(consul_agent, svc, f"{svc}-1", ["prod", "gg"], 1, "10.0.0.1")
+    before = _requests(module_loaders)
+    assert len(consul.discover(svc)) == 1
+    assert len(consul.discover(svc)) == 1
+    assert _requests(module_loaders) - before == 1
+    # A job on another thread (a threaded minion) asks Consul itself.
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(consul.discover(svc)))
+    worker.start()
+    worker.join(30)
+    assert seen and len(seen[0]) == 1
+    assert _requests(module_loaders) - before == 2
