@@ -11,7 +11,7 @@ blocking queries).
       consul_watch:
         - interval: 10          # seconds between beacon runs
         - kv:
-            - config/prod/gg/
+            - config/group/prod.gg/
         - services:
             - db
         - min_wait: 5           # quiet period, measured across beacon runs
@@ -103,7 +103,8 @@ def _watchers(conf):
         client = saltconsul_client.get_client(__opts__, __context__)
         types = saltconsul_env.env_config(__opts__).get("types")
         options = {k: float(conf[k]) for k in _TIMING if conf.get(k) is not None}
-        watches = saltconsul_watch.build_watches(conf, tag_prefix="", types=types)
+        layers = saltconsul_watch.configured_layers(__opts__)
+        watches = saltconsul_watch.build_watches(conf, tag_prefix="", layers=layers, types=types)
         cache[key] = [saltconsul_watch.Watcher(client, watch, **options) for watch in watches]
     return cache[key]
 

@@ -27,9 +27,9 @@ config like every other salt-consul module. Events (never KV values)::
 
     salt/consul/kv/config
       {"prefix": "config/", "dc": null, "index": 123, "count": 2,
-       "added": ["config/prod/gg/app/feature"], "changed": ["config/prod/gg/db/pool_size"],
+       "added": ["config/group/prod.gg/app/feature"], "changed": ["config/group/prod.gg/db/pool_size"],
        "deleted": [], "truncated": false,
-       "envs": [{"layer": "config/{type}/{group}", "type": "prod", "group": "gg"}]}
+       "envs": [{"layer": "config/group/{type}.{group}", "type": "prod", "group": "gg"}]}
 
     salt/consul/service/db
       {"service": "db", "dc": null, "index": 456,
@@ -135,7 +135,8 @@ def start(kv=None, services=None, tag_prefix=saltconsul_watch.TAG_PREFIX, layers
         Event tag prefix (default ``salt/consul``).
     layers
         KV layer templates used to name the environment of a changed key
-        (default: the ext_pillar's default layout, ``config/{type}/{group}`` ...).
+        (default: ``consul:watch_layers``, else the master's ``consul``
+        ext_pillar layers, e.g. ``config/group/{type}.{group}``).
     wait, min_wait, max_wait, min_interval, poll_interval, backoff, backoff_max
         Watcher timing, see ``saltconsul_watch.Watcher``.
     """
@@ -143,7 +144,7 @@ def start(kv=None, services=None, tag_prefix=saltconsul_watch.TAG_PREFIX, layers
     watches = saltconsul_watch.build_watches(
         {"kv": kv, "services": services},
         tag_prefix=tag_prefix,
-        layers=layers,
+        layers=layers or saltconsul_watch.configured_layers(__opts__),
         types=types,
         known=_known(__opts__),
     )

@@ -12,7 +12,7 @@ pull itself into (or out of) a prod rollout.
 .. code-block:: bash
 
     salt-run consul_targets.minions type=prod group=gg
-    salt-run consul_targets.for_keys '["config/prod/gg/db/pool_size"]'
+    salt-run consul_targets.for_keys '["config/group/prod.gg/db/pool_size"]'
 """
 
 import logging
@@ -45,8 +45,8 @@ def _envs():
 
 def _layers(layers):
     if layers is None:
-        layers = (__opts__.get("consul") or {}).get("watch_layers")
-    if layers is not None and (isinstance(layers, str) or not all(isinstance(l, str) for l in layers)):
+        layers = saltconsul_watch.configured_layers(__opts__)
+    if (isinstance(layers, str) or not all(isinstance(l, str) for l in layers)):
         raise SaltInvocationError("layers must be a list of KV layer templates")
     types = saltconsul_env.env_config(__opts__).get("types")
     return saltconsul_watch.compile_layers(layers, types)
@@ -77,9 +77,9 @@ def minions(type=None, group=None, datacenter=None, role=None):  # pylint: disab
 def _resolve(key, compiled, envs, known):
     """
     Minions for one key: the most specific layer whose values are all known
-    environment values (so ``config/prod/gg/db/x``, with no datacenter called
-    ``db``, counts as the ``config/{type}/{group}`` layer), then the minions
-    of exactly that environment.
+    environment values (with a nested layout, ``config/prod/gg/db/x``, with
+    no datacenter called ``db``, counts as the ``config/{type}/{group}``
+    layer), then the minions of exactly that environment.
     """
     match = saltconsul_watch.key_env(key, compiled, known)
     if match is None:
@@ -98,9 +98,10 @@ def for_keys(keys, layers=None):
         KV keys (a list, or one key).
     layers
         KV layer templates; default ``consul:watch_layers`` from the master
-        config, else the ext_pillar's default layout (``config/global``,
-        ``config/{datacenter}``, ``config/{type}``, ``config/{type}/{group}``,
-        ``config/{type}/{group}/{datacenter}``, ``nodes/{minion_id}``).
+        config, else the ``layers`` of the master's ``consul`` ext_pillar,
+        else its default layout (``config/global``, ``config/dc/{datacenter}``,
+        ``config/type/{type}``, ``config/group/{type}.{group}``,
+        ``config/env/{type}.{group}.{datacenter}``, ``config/node/{minion_id}``).
 
     A key under ``config/global`` concerns every minion; a key matching no
     layer concerns none.
@@ -109,7 +110,7 @@ def for_keys(keys, layers=None):
 
     .. code-block:: bash
 
-        salt-run consul_targets.for_keys '["config/prod/gg/db/pool_size"]'
+        salt-run consul_targets.for_keys '["config/group/prod.gg/db/pool_size"]'
     """
     if isinstance(keys, str):
         keys = [keys]
@@ -137,7 +138,7 @@ def for_event(data, layers=None):
 
     .. code-block:: bash
 
-        salt-run consul_targets.for_event '{"prefix": "config/", "changed": ["config/prod/gg/x"]}'
+        salt-run consul_targets.for_event '{"prefix": "config/", "changed": ["config/group/prod.gg/x"]}'
     """
     if not isinstance(data, dict):
         raise SaltInvocationError("data must be the event data mapping")

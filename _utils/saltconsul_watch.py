@@ -49,19 +49,22 @@ from saltconsul_errors import ConsulError, ConsulNotFound, ConsulPermissionDenie
 log = logging.getLogger(__name__)
 
 TAG_PREFIX = "salt/consul"
-# The KV layout the ext_pillar reads by default: layer roots over the environment.
+# The KV layout the ext_pillar reads by default (saltconsul_kvtree.DEFAULT_LAYERS):
+# layer folders over the environment, none inside another.
 DEFAULT_LAYERS = (
     "config/global",
-    "config/{datacenter}",
-    "config/{type}",
-    "config/{type}/{group}",
-    "config/{type}/{group}/{datacenter}",
-    "nodes/{minion_id}",
+    "config/dc/{datacenter}",
+    "config/type/{type}",
+    "config/group/{type}.{group}",
+    "config/env/{type}.{group}.{datacenter}",
+    "config/node/{minion_id}",
 )
 DEFAULT_TYPES = ("prod", "stg", "dev", "qa", "test", "uat")
 # Bound the key lists an event carries; a larger burst says ``truncated``.
 MAX_KEYS = 500
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_POSTFIX = r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?"
+_MINION_ID = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}"
 _FIELD = re.compile(r"{(\w+)}")
 
 
@@ -80,12 +83,41 @@ def tag_for(kind, name, tag_prefix=TAG_PREFIX):
 # --------------------------------------------------------------------------- layers
 
 
+def configured_layers(opts):
+    """``consul:watch_layers`` if set, else the ext_pillar's layers (:func:`pillar_layers`)."""
+    layers = ((opts or {}).get("consul") or {}).get("watch_layers")
+    if layers:
+        return [item.get("path") if isinstance(item, dict) else item for item in layers if item]
+    return pillar_layers(opts)
+
+
+def pillar_layers(opts):
+    """
+    The layer templates the master's ``consul`` ext_pillar reads: its
+    ``layers`` argument, else ``consul:pillar:layers``, else the default.
+    Items may be strings or ``{path: ..., decode: ...}`` mappings.
+    """
+    layers = None
+    for entry in (opts or {}).get("ext_pillar") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("consul"), dict) and entry["consul"].get("layers"):
+            layers = entry["consul"]["layers"]
+            break
+    if layers is None:
+        section = ((opts or {}).get("consul") or {}).get("pillar")
+        if isinstance(section, dict):
+            layers = section.get("layers")
+    if not layers:
+        return list(DEFAULT_LAYERS)
+    return [item.get("path") if isinstance(item, dict) else item for item in layers if item]
+
+
 def compile_layers(layers=None, types=None):
     """
-    Turn layer templates (``config/{type}/{group}``) into matchers, most
-    specific (most fields) first. ``{type}`` only matches a configured type;
-    ``{datacenter}`` never matches a type or ``global``, so ``config/prod/...``
-    is read as a type, not a datacenter.
+    Turn layer templates (``config/group/{type}.{group}``) into matchers,
+    most specific (most fields) first. ``{type}`` only matches a configured
+    type; ``{datacenter}`` never matches a type or ``global``, so with a
+    nested layout (``config/{datacenter}`` and ``config/{type}``)
+    ``config/prod/...`` is read as a type, not a datacenter.
     """
     types = [t for t in (types or DEFAULT_TYPES) if re.fullmatch(_LABEL, str(t))]
     type_re = "|".join(re.escape(t) for t in types) or "(?!)"
@@ -103,7 +135,9 @@ def compile_layers(layers=None, types=None):
             elif field == "datacenter":
                 parts.append(f"{not_type}(?P<datacenter>{_LABEL})")
             elif field == "minion_id":
-                parts.append(r"(?P<minion_id>[^/]+)")
+                parts.append(f"(?P<minion_id>{_MINION_ID})")
+            elif field == "postfix":
+                parts.append(f"(?P<postfix>{_POSTFIX})")
             else:
                 parts.append(f"(?P<{field}>{_LABEL})")
             pos = match.end()
@@ -117,8 +151,9 @@ def compile_layers(layers=None, types=None):
 def layer_matches(key, compiled):
     """
     Every layer whose root contains ``key``, most specific first, as
-    ``{"layer": template, <field>: value, ...}``. A key under
-    ``config/prod/gg/db/`` matches ``config/{type}/{group}/{datacenter}`` with
+    ``{"layer": template, <field>: value, ...}``. With the default layout
+    (no layer folder inside another) that is at most one. With a nested
+    layout a key under ``config/prod/gg/db/`` matches ``config/{type}/{group}/{datacenter}`` with
     ``datacenter: db`` as well as ``config/{type}/{group}``: only a caller that
     knows the real datacenters (the master, from minion IDs) can tell which.
     """
@@ -139,7 +174,7 @@ def known_values(envs):
     known = {"minion_id": set(envs)}
     for env in envs.values():
         for field, value in env.items():
-            if isinstance(value, str) and field not in ("name", "postfix", "pattern", "host"):
+            if isinstance(value, str) and field not in ("name", "pattern"):
                 known.setdefault(field, set()).add(value)
     return known
 
@@ -148,8 +183,9 @@ def key_env(key, compiled, known=None):
     """
     The environment ``key`` belongs to: the most specific matching layer, or
     with ``known`` (see :func:`known_values`) the most specific one whose
-    values all exist, so ``config/prod/gg/app/x`` is ``{type: prod, group: gg}``
-    when there is no datacenter called ``app``. None if no layer fits.
+    values all exist (nested layouts: ``config/prod/gg/app/x`` is
+    ``{type: prod, group: gg}`` when there is no datacenter called ``app``).
+    None if no layer fits.
     """
     for match in layer_matches(key, compiled):
         fields = {k: v for k, v in match.items() if k != "layer"}

@@ -3,7 +3,8 @@
 
   Targets come from consul_targets.for_event: the master parses its accepted
   minion IDs with the ext_pillar's environment parser and matches them against
-  the KV layers of the changed keys (config/prod/gg/... -> the prod/gg minions).
+  the ext_pillar's KV layers of the changed keys (config/group/prod.gg/... ->
+  the prod/gg minions).
   Grains are not used for targeting: they are minion-controlled.
 
   Rollout: batches of consul_react:kv:batch_size minions, one after another,

@@ -195,19 +195,44 @@ def test_unreachable_consul_backs_off(consul_agent):
 
 
 def test_layers_name_the_environment():
+    # The ext_pillar's default layout: no layer folder inside another.
     compiled = saltconsul_watch.compile_layers()
     env = saltconsul_watch.key_env
-    assert env("config/prod/gg/db/pool", compiled)["layer"] == "config/{type}/{group}/{datacenter}"
-    matches = saltconsul_watch.layer_matches("config/prod/gg/db/pool", compiled)
+    assert env("config/group/prod.gg/db/pool", compiled) == {
+        "layer": "config/group/{type}.{group}", "type": "prod", "group": "gg"
+    }
+    assert env("config/env/prod.gg.mydc1/x", compiled) == {
+        "layer": "config/env/{type}.{group}.{datacenter}", "type": "prod", "group": "gg", "datacenter": "mydc1"
+    }
+    assert env("config/type/dev/x", compiled) == {"layer": "config/type/{type}", "type": "dev"}
+    assert env("config/dc/mydc1/ntp", compiled) == {"layer": "config/dc/{datacenter}", "datacenter": "mydc1"}
+    assert env("config/global/ntp", compiled) == {"layer": "config/global"}
+    assert env("config/node/web01.prod.gg.mydc1/x", compiled)["minion_id"] == "web01.prod.gg.mydc1"
+    assert env("config/group/nope.gg/x", compiled) is None  # not an environment type
+    assert env("other/key", compiled) is None
+
+    # A nested layout is ambiguous; known environments decide.
+    nested = saltconsul_watch.compile_layers(
+        ["config/{datacenter}", "config/{type}", "config/{type}/{group}", "config/{type}/{group}/{datacenter}"]
+    )
+    matches = saltconsul_watch.layer_matches("config/prod/gg/db/pool", nested)
     assert [m["layer"] for m in matches] == [
         "config/{type}/{group}/{datacenter}",
         "config/{type}/{group}",
         "config/{type}",
     ]
-    assert env("config/mydc1/ntp", compiled) == {"layer": "config/{datacenter}", "datacenter": "mydc1"}
-    assert env("config/global/ntp", compiled) == {"layer": "config/global"}
-    assert env("nodes/web01.prod.gg.mydc1/x", compiled)["minion_id"] == "web01.prod.gg.mydc1"
-    assert env("other/key", compiled) is None
+    known = saltconsul_watch.known_values({"web01.prod.gg.mydc1": {"type": "prod", "group": "gg", "datacenter": "mydc1"}})
+    assert env("config/prod/gg/db/pool", nested, known)["layer"] == "config/{type}/{group}"
+    assert env("config/prod/gg/mydc1/pool", nested, known)["datacenter"] == "mydc1"
+    assert env("config/mydc1/ntp", nested) == {"layer": "config/{datacenter}", "datacenter": "mydc1"}
+
+
+def test_layers_follow_the_ext_pillar_config():
+    opts = {"ext_pillar": [{"git": "x"}, {"consul": {"layers": ["kv/{type}", {"path": "kv/n/{minion_id}", "decode": "raw"}]}}]}
+    assert saltconsul_watch.configured_layers(opts) == ["kv/{type}", "kv/n/{minion_id}"]
+    opts["consul"] = {"watch_layers": ["w/{group}"]}
+    assert saltconsul_watch.configured_layers(opts) == ["w/{group}"]
+    assert saltconsul_watch.configured_layers({}) == list(saltconsul_watch.DEFAULT_LAYERS)
 
 
 def test_index_reset_after_agent_restart_without_data(tmp_path):

@@ -42,20 +42,38 @@ def runners(salt_factories):
 @pytest.mark.parametrize(
     "keys, expected",
     [
+        # The ext_pillar's default layout.
+        (["config/group/prod.gg/app/version"], MINIONS[:2]),
+        (["config/env/prod.gg.mydc2/x"], [MINIONS[1]]),
+        (["config/type/prod/pool_size"], MINIONS[:3]),
+        (["config/group/prod.zz/x"], []),  # no prod/zz minion
+        (["config/dc/mydc1/ntp"], [MINIONS[0], MINIONS[2], MINIONS[3]]),
+        (["config/global/ntp"], MINIONS),  # the global layer: every accepted minion
+        (["config/node/db01.dev.gg.mydc1.example.com/x"], [MINIONS[3]]),
+        (["config/node/unknown.example.com/x"], []),
+        (["other/key", "config/_probe"], []),
+        (["config/group/dev.gg/a", "config/group/prod.hh/b"], [MINIONS[2], MINIONS[3]]),
+    ],
+)
+def test_for_keys(runners, keys, expected):
+    assert runners["consul_targets.for_keys"](keys) == sorted(expected)
+
+
+NESTED = ["config/{datacenter}", "config/{type}", "config/{type}/{group}", "config/{type}/{group}/{datacenter}"]
+
+
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
         (["config/prod/gg/app/version"], MINIONS[:2]),  # "app" is no datacenter: the prod/gg layer
         (["config/prod/gg/mydc2/x"], [MINIONS[1]]),  # a real datacenter folder
         (["config/prod/pool_size"], MINIONS[:3]),
         (["config/prod/zz/x"], MINIONS[:3]),  # "zz" is no group: a nested key of the prod layer
         (["config/mydc1/ntp"], [MINIONS[0], MINIONS[2], MINIONS[3]]),
-        (["config/global/ntp"], MINIONS),  # the global layer: every accepted minion
-        (["nodes/db01.dev.gg.mydc1.example.com/x"], [MINIONS[3]]),
-        (["nodes/unknown.example.com/x"], []),
-        (["other/key", "config/_probe"], []),
-        (["config/dev/gg/a", "config/prod/hh/b"], [MINIONS[2], MINIONS[3]]),
     ],
 )
-def test_for_keys(runners, keys, expected):
-    assert runners["consul_targets.for_keys"](keys) == sorted(expected)
+def test_for_keys_nested_layout(runners, keys, expected):
+    assert runners["consul_targets.for_keys"](keys, layers=NESTED) == sorted(expected)
 
 
 def test_custom_layers(runners):
@@ -67,7 +85,7 @@ def test_custom_layers(runners):
 def test_minions_and_event(runners):
     assert runners["consul_targets.minions"](type="prod", group="gg") == sorted(MINIONS[:2])
     assert runners["consul_targets.minions"](datacenter="mydc1", role="web") == sorted([MINIONS[0], MINIONS[2]])
-    event = {"prefix": "config/", "added": ["config/dev/gg/x"], "changed": [], "deleted": []}
+    event = {"prefix": "config/", "added": ["config/group/dev.gg/x"], "changed": [], "deleted": []}
     assert runners["consul_targets.for_event"](event) == [MINIONS[3]]
     assert runners["consul_targets.for_event"](dict(event, truncated=True)) == sorted(MINIONS)
     with pytest.raises(SaltInvocationError):

@@ -166,32 +166,32 @@ def test_kv_change_reapplies_exactly_that_env_once_per_burst(
     _wait_engine_live(react_consul, event_listener)
     before = {mid: _applies(applied_dir, mid) for mid in react_minions}
     after = time.time()
-    # A burst: six writes under config/prod/gg/ in quick succession.
-    _burst(react_consul, [("config/prod/gg/app/version", str(i)) for i in range(5)])
-    _burst(react_consul, [("config/prod/gg/app/feature", "on")])
+    # A burst: six writes under config/group/prod.gg/ in quick succession.
+    _burst(react_consul, [("config/group/prod.gg/app/version", str(i)) for i in range(5)])
+    _burst(react_consul, [("config/group/prod.gg/app/feature", "on")])
 
-    rets = _wait_orchestrations(event_listener, after, "config/prod/gg/app/feature")
+    rets = _wait_orchestrations(event_listener, after, "config/group/prod.gg/app/feature")
     events = _kv_events(event_listener, after)
     assert len(events) == 1, [e.data for e in events]
     data = events[0].data
     # Net change since the last report: both keys are new (version was written
     # five times within the burst); keys and environments only, no values.
-    assert data["added"] == ["config/prod/gg/app/feature", "config/prod/gg/app/version"]
+    assert data["added"] == ["config/group/prod.gg/app/feature", "config/group/prod.gg/app/version"]
     assert data["changed"] == [] and data["deleted"] == []
-    assert data["envs"] == [{"layer": "config/{type}/{group}", "type": "prod", "group": "gg"}]
+    assert data["envs"] == [{"layer": "config/group/{type}.{group}", "type": "prod", "group": "gg"}]
     assert set(data) == {"prefix", "dc", "added", "changed", "deleted", "count", "truncated", "envs", "index"}
     assert rets[0].data.get("success") is True, rets[0].data
 
     applied = {mid: _applies(applied_dir, mid) - before[mid] for mid in react_minions}
     assert applied == {PROD[0]: 1, PROD[1]: 1, DEV: 0}
     # Consul really holds what the burst wrote.
-    assert react_consul.api_json("GET", "/v1/kv/config/prod/gg/app/version?raw") == 4
+    assert react_consul.api_json("GET", "/v1/kv/config/group/prod.gg/app/version?raw") == 4
 
     # Now dev: only the dev minion.
     before = {mid: _applies(applied_dir, mid) for mid in react_minions}
     after = time.time()
-    _burst(react_consul, [("config/dev/gg/app/version", "7")])
-    _wait_orchestrations(event_listener, after, "config/dev/gg/app/version")
+    _burst(react_consul, [("config/group/dev.gg/app/version", "7")])
+    _wait_orchestrations(event_listener, after, "config/group/dev.gg/app/version")
     assert len(_kv_events(event_listener, after)) == 1
     applied = {mid: _applies(applied_dir, mid) - before[mid] for mid in react_minions}
     assert applied == {PROD[0]: 0, PROD[1]: 0, DEV: 1}
@@ -200,17 +200,17 @@ def test_kv_change_reapplies_exactly_that_env_once_per_burst(
 def test_engine_survives_consul_restart(react_consul, react_minions, applied_dir, event_listener):
     _wait_engine_live(react_consul, event_listener)
     react_consul.restart()
-    assert react_consul.api_json("GET", "/v1/kv/config/dev/gg/app/version?raw") == 7  # data kept
+    assert react_consul.api_json("GET", "/v1/kv/config/group/dev.gg/app/version?raw") == 7  # data kept
 
     before = _applies(applied_dir, DEV)
     after = time.time()
     # The engine reconnects by itself (bounded backoff); the first write after
     # the restart is seen and handled like any other.
-    _burst(react_consul, [("config/dev/gg/app/after_restart", "1")])
+    _burst(react_consul, [("config/group/dev.gg/app/after_restart", "1")])
     event_listener.wait_for_events([(MASTER_ID, KV_TAG)], timeout=60, after_time=after)
     events = _kv_events(event_listener, after)
-    assert [e.data["added"] for e in events] == [["config/dev/gg/app/after_restart"]]
-    _wait_orchestrations(event_listener, after, "config/dev/gg/app/after_restart")
+    assert [e.data["added"] for e in events] == [["config/group/dev.gg/app/after_restart"]]
+    _wait_orchestrations(event_listener, after, "config/group/dev.gg/app/after_restart")
     assert _applies(applied_dir, DEV) == before + 1
     assert all(_applies(applied_dir, mid) >= 1 for mid in PROD)
 
