@@ -72,13 +72,17 @@ def _loads(blob):
 
 
 class Layer:
-    """One cached layer: the watch index it is valid for, when it was fetched, the packed tree."""
+    """
+    One cached layer: the watch index it is valid for, the store epoch it was
+    fetched in (None when read back from disk), when it was fetched, the packed tree.
+    """
 
-    __slots__ = ("root", "index", "fetched_at", "blob")
+    __slots__ = ("root", "index", "epoch", "fetched_at", "blob")
 
-    def __init__(self, root, index, fetched_at, blob):
+    def __init__(self, root, index, fetched_at, blob, epoch=None):
         self.root = root
         self.index = index
+        self.epoch = epoch
         self.fetched_at = fetched_at
         self.blob = blob
 
@@ -180,6 +184,14 @@ class Store:
         )
         self.layers = {}
         self._lock = threading.Lock()
+        # An equal index only proves "unchanged" within one unbroken run of
+        # answers from the same Consul: a rebuilt or restored cluster can reach
+        # the same index with other data. The epoch moves on whenever that run
+        # may have broken (first request, after an error, index gone backwards),
+        # and only layers fetched in the current epoch are trusted as fresh.
+        self.epoch = 0
+        self._last_index = None
+        self._broken = True
 
     # ------------------------------------------------------------------ stats
     def stats(self):
@@ -198,6 +210,10 @@ class Store:
             if index:
                 return index
         index = self.watcher.query()
+        if self._broken or self.revalidate == "watch" or (self._last_index or 0) > index:
+            self.epoch += 1
+        self._broken = False
+        self._last_index = index
         self.watcher.arm(index, background=self.revalidate == "watch")
         return index
 
@@ -271,7 +287,7 @@ class Store:
         warnings = []
         for (layer_key, root, mode, leaf_key), entries in zip(specs, grouped):
             tree = saltconsul_kvtree.tree_from_consul(entries, root, mode, leaf_key, warnings)
-            layer = Layer(root, index, started, _dumps(tree))
+            layer = Layer(root, index, started, _dumps(tree), epoch=self.epoch)
             self.layers[layer_key] = layer
             self._write_file(layer_key, layer)
             out[layer_key] = (layer, tree)
@@ -286,13 +302,18 @@ class Store:
         (the caller then uses :meth:`last_good`).
         """
         specs = [(self.layer_key(root, mode, leaf_key), root, mode, leaf_key) for root, mode, leaf_key in layers]
-        index = self.current_index()
-        stale = []
-        for spec in specs:
-            layer = self._known(spec[0])
-            if (layer is None or layer.index != index) and spec not in stale:
-                stale.append(spec)
-        fetched = self.fetch(stale, index) if stale else {}
+        try:
+            index = self.current_index()
+            stale = []
+            for spec in specs:
+                layer = self._known(spec[0])
+                fresh = layer is not None and layer.index == index and layer.epoch == self.epoch
+                if not fresh and spec not in stale:
+                    stale.append(spec)
+            fetched = self.fetch(stale, index) if stale else {}
+        except ConsulError:
+            self._broken = True
+            raise
         result = []
         for spec in specs:
             if spec[0] in fetched:

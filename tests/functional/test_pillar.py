@@ -334,6 +334,28 @@ def test_outage_serves_last_good_marked_stale(own_consul, make_opts, caplog):
     assert back["db"] == {"password": "rotated"} and "consul_pillar" not in back
 
 
+def test_equal_index_from_a_rebuilt_consul_is_not_trusted(own_consul, make_opts):
+    """
+    A Consul rebuilt from scratch can reach the very index a cached layer was
+    fetched at, with other data. After an outage nothing cached is trusted as
+    fresh until it is fetched again.
+    """
+    prefix = f"p{uuid.uuid4().hex[:6]}"
+    put(own_consul, f"{prefix}/global/db/password", "before")
+    opts = make_opts(own_consul, prefix, revalidate="always")
+    assert compile_pillar(opts, PROD)["db"] == {"password": "before"}
+    own_consul.stop()
+    assert compile_pillar(opts, PROD)["consul_pillar"]["stale"] is True
+    own_consul.start()
+    put(own_consul, f"{prefix}/global/db/password", "after")
+    store = store_of(opts)
+    # Make the coincidence certain: every cached layer claims the new agent's index.
+    current = store.watcher.query()
+    for layer in store.layers.values():
+        layer.index = current
+    assert compile_pillar(opts, PROD)["db"] == {"password": "after"}
+
+
 def test_empty_prefix_then_keys_appear(consul_agent, kv_prefix, make_opts):
     """Consul answers 404 for an empty prefix: the first keys written must still show up."""
     opts = make_opts(consul_agent, kv_prefix)
