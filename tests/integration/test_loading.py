@@ -65,19 +65,22 @@ def pip_prefix(tmp_path_factory):
     return site
 
 
-def _salt_call(tmp_path, consul_agent, pythonpath, *args):
+def _salt_call(tmp_path, consul_agent, pythonpath, *args, **conf):
     conf_dir = tmp_path / "conf"
     conf_dir.mkdir(exist_ok=True)
     (conf_dir / "minion").write_text(
         json.dumps(
-            {
-                "id": "db01.stg.blue.dc7.example.com",
-                "root_dir": str(tmp_path / "root"),
-                "file_client": "local",
-                "file_roots": {"base": [str(tmp_path / "empty")]},
-                "consul": {"address": consul_agent.http_addr},
-                "log_level_logfile": "info",
-            }
+            dict(
+                {
+                    "id": "db01.stg.blue.dc7.example.com",
+                    "root_dir": str(tmp_path / "root"),
+                    "file_client": "local",
+                    "file_roots": {"base": [str(tmp_path / "empty")]},
+                    "consul": {"address": consul_agent.http_addr},
+                    "log_level_logfile": "info",
+                },
+                **conf,
+            )
         )
     )
     (tmp_path / "empty").mkdir(exist_ok=True)
@@ -105,6 +108,15 @@ def test_pip_install_entry_point(pip_prefix, consul_agent, tmp_path):
     assert leader.startswith("127.0.0.1:")
     rc, name, proc = _salt_call(tmp_path, consul_agent, pip_prefix, "consul.service_name", "db")
     assert (rc, name) == (0, "db.stg.blue.dc7"), proc.stderr
+    # The ext_pillar comes through the entry point too (masterless: the minion compiles it).
+    prefix = f"piptest-{os.getpid()}"
+    consul_agent.api("PUT", f"/v1/kv/{prefix}/stg/app/greeting", b"hello stg")
+    rc, pillar, proc = _salt_call(
+        tmp_path, consul_agent, pip_prefix, "pillar.get", "app",
+        ext_pillar=[{"consul": {"layers": [prefix + "/{type}"]}}],
+    )
+    consul_agent.api("DELETE", f"/v1/kv/{prefix}?recurse")
+    assert (rc, pillar) == (0, {"greeting": "hello stg"}), proc.stderr
     # Control: without the installed package there is no env grain and no such function,
     # so the answers above came from the entry point.
     rc, env, proc = _salt_call(tmp_path, consul_agent, None, "grains.get", "env")
