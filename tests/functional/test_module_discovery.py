@@ -1,5 +1,6 @@
 """consul.discover*, catalog and members against a real Consul agent; Jinja rendered by Salt."""
 
+import time
 import uuid
 
 import pytest
@@ -24,6 +25,17 @@ def svc(consul_agent):
             consul_agent.api("PUT", f"/v1/agent/service/deregister/{sid}")
 
 
+def _synced(agent, name, sid, status):
+    """The agent syncs to the catalog asynchronously: wait (bounded) until it has."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        checks = agent.api_json("GET", f"/v1/health/checks/{name}")
+        if any(c["ServiceID"] == sid and c["Status"] == status for c in checks):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{sid} not {status} in the catalog after 10s")
+
+
 def _register(agent, name, sid, tags, port, address="", status="passing", meta=None):
     agent.api_json(
         "PUT",
@@ -33,6 +45,7 @@ def _register(agent, name, sid, tags, port, address="", status="passing", meta=N
             "Check": {"CheckID": f"{sid}-ttl", "TTL": "600s", "Status": status},
         },
     )
+    _synced(agent, name, sid, status)
 
 
 def _requests(loaders):
@@ -99,12 +112,13 @@ def test_render_omits_instance_whose_check_went_critical(consul, module_loaders,
 
     assert render() == "10.0.0.1;10.0.0.2;"
     consul_agent.api_json("PUT", f"/v1/agent/check/fail/{svc}-2-ttl")
+    _synced(consul_agent, svc, f"{svc}-2", "critical")
     assert render() == "10.0.0.1;"
 
 
 def test_catalog_and_members(consul, consul_agent, svc):
     _register(consul_agent, svc, f"{svc}-1", ["prod", "gg"], 1, status="critical")
-    assert consul.catalog_services()[svc] == ["prod", "gg"]
+    assert sorted(consul.catalog_services()[svc]) == ["gg", "prod"]  # Consul does not keep tag order here
     assert svc in consul.catalog_services(tag="gg")
     assert svc not in consul.catalog_services(tag="nope")
     assert [n["Node"] for n in consul.catalog_nodes()] == [consul_agent.node_name]

@@ -32,6 +32,13 @@ def _service(agent, name, sid, tags=()):
         {"Name": name, "ID": sid, "Tags": list(tags), "Port": 80,
          "Check": {"CheckID": f"{sid}-ttl", "TTL": "600s", "Status": "passing"}},
     )
+    # The agent syncs to the catalog asynchronously: wait (bounded) until it has.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if any(e["Service"]["ID"] == sid for e in agent.api_json("GET", f"/v1/health/service/{name}?passing")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{sid} not in the catalog after 10s")
 
 
 def test_query_crud_and_execute(consul, consul_agent, uniq):

@@ -1,5 +1,7 @@
 """consul.session_* and consul.lock_* against a real Consul agent."""
 
+import time
+
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -49,6 +51,10 @@ def test_session_with_service_checks(consul, consul_agent, sessions):
         {"Name": "sess-svc", "ID": "sess-svc-1", "Check": {"CheckID": "sess-svc-ttl", "TTL": "60s", "Status": "passing"}},
     )
     try:
+        # Sessions validate checks against the catalog, which the agent syncs asynchronously.
+        deadline = time.monotonic() + 10
+        while not consul_agent.api_json("GET", "/v1/health/checks/sess-svc") and time.monotonic() < deadline:
+            time.sleep(0.05)
         sid = consul.session_create(name="svc", service_checks=["sess-svc-ttl"])
         sessions.append(sid)
         real = _session(consul_agent, sid)

@@ -82,6 +82,11 @@ def db_instances(consul_agent):
             {"Name": "db", "ID": sid, "Tags": tags, "Address": address, "Port": 5432,
              "Check": {"CheckID": f"{sid}-ttl", "TTL": "600s", "Status": "passing"}},
         )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the catalog sync is asynchronous
+        if len(consul_agent.api_json("GET", f"/v1/health/service/db?tag={mark}")) == len(instances):
+            break
+        time.sleep(0.1)
     yield mark
     for sid in instances:
         consul_agent.api("PUT", f"/v1/agent/service/deregister/{sid}")
@@ -112,6 +117,13 @@ def test_template_lists_healthy_db_and_drops_critical_one(prod_minion, salt_cli,
             "hosts=10.1.0.1:5432,10.1.0.2:5432",
         ]
         consul_agent.api_json("PUT", f"/v1/agent/check/fail/db-{mark}-2-ttl")
+        # The agent syncs check status to the catalog asynchronously: wait (bounded).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            passing = consul_agent.api_json("GET", f"/v1/health/service/db?passing&tag={mark}")
+            if f"db-{mark}-2" not in [e["Service"]["ID"] for e in passing]:
+                break
+            time.sleep(0.1)
         second = render()
         assert second.strip().splitlines() == [
             f"server db-{mark}-1 10.1.0.1:5432",
