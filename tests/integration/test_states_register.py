@@ -7,15 +7,10 @@ service IDs (``<service>@<minion id>``) keep their registrations apart.
 """
 
 import base64
-import pathlib
-import sys
 import textwrap
 
 import pytest
-
-# The stdlib DNS client lives with the functional state tests.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "functional"))
-from test_states import dns_query  # noqa: E402
+from dnsquery import query as dns_query
 
 PROD = "web01.prod.gg.mydc1.example.com"
 DEV = "web01.dev.gg.mydc1.example.com"
