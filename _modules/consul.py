@@ -1509,10 +1509,21 @@ def _discover_entries(service, passing, dc, near, token, refresh):
     return answers[key]
 
 
-def discover(service, tags=None, passing=True, environment=True, dc=None, near=None, token=None, refresh=False):
+def discover(
+    service,
+    tags=None,
+    passing=True,
+    environment=True,
+    dc=None,
+    near=None,
+    token=None,
+    refresh=False,
+    failover=None,
+):
     """
     The healthy instances of ``service`` for templates, each as
-    ``{"address", "port", "tags", "meta", "node", "id", "datacenter"}``.
+    ``{"address", "port", "tags", "meta", "node", "id", "datacenter", "remote"}``
+    (``remote`` is True only for instances found by ``failover``).
 
     ``address`` is the service's address, or its node's when the service has
     none. Instances are sorted by address, port and ID (stable config files),
@@ -1537,6 +1548,11 @@ def discover(service, tags=None, passing=True, environment=True, dc=None, near=N
         ACL token for this call instead of the configured one.
     refresh
         Ask Consul again even if this run already did.
+    failover
+        When ``dc`` (default: the local datacenter) has no matching instance:
+        a list of datacenters to try in order, or True for every other known
+        datacenter, nearest first. The first that has matching instances
+        answers; they are marked ``remote``.
 
     CLI Example:
 
@@ -1544,6 +1560,7 @@ def discover(service, tags=None, passing=True, environment=True, dc=None, near=N
 
         salt-call consul.discover db
         salt-call consul.discover db tags=primary environment='{type: stg}'
+        salt-call consul.discover db failover='[mydc2, mydc3]'
 
     In a template:
 
@@ -1555,7 +1572,35 @@ def discover(service, tags=None, passing=True, environment=True, dc=None, near=N
     """
     wanted = set(_str_list(tags, "tags") or []) | set(_env_tags(environment))
     _opt_str(near, "near")
-    entries = _discover_entries(service, passing, _dc(dc), near, token, refresh)
+    if failover is not None and failover is not True and failover is not False:
+        failover = _str_list(failover, "failover")
+    found = _discover_in(service, wanted, passing, _dc(dc), near, token, refresh, remote=False)
+    if found or not failover:
+        return found
+    if failover is True:
+        failover = _failover_datacenters(_dc(dc), token, refresh)
+    for other in failover:
+        found = _discover_in(service, wanted, passing, other, near, token, refresh, remote=True)
+        if found:
+            log.info("consul.discover: no %s instance in the local datacenter; using %s", service, other)
+            return found
+    return []
+
+
+def _failover_datacenters(dc, token, refresh):
+    """Every known datacenter except the primary one, nearest first (memoised with the answers)."""
+    memo = __context__[DISCOVER_CONTEXT_KEY]["answers"]
+    if refresh or "datacenters" not in memo:
+        with _consul("discover"):
+            memo["datacenters"] = _client(token).get("/v1/catalog/datacenters") or []
+    known = memo["datacenters"]
+    # Consul lists datacenters nearest first, so the agent's own comes first.
+    primary = dc or _client(token).datacenter or (known[0] if known else None)
+    return [name for name in known if name != primary]
+
+
+def _discover_in(service, wanted, passing, dc, near, token, refresh, remote):
+    entries = _discover_entries(service, passing, dc, near, token, refresh)
     found = []
     for entry in entries:
         svc, node = entry.get("Service") or {}, entry.get("Node") or {}
@@ -1571,6 +1616,7 @@ def discover(service, tags=None, passing=True, environment=True, dc=None, near=N
                 "node": node.get("Node"),
                 "id": svc.get("ID"),
                 "datacenter": node.get("Datacenter"),
+                "remote": remote,
             }
         )
     if near is None:
@@ -1578,7 +1624,17 @@ def discover(service, tags=None, passing=True, environment=True, dc=None, near=N
     return found
 
 
-def discover_hosts(service, tags=None, passing=True, environment=True, dc=None, near=None, token=None, refresh=False):
+def discover_hosts(
+    service,
+    tags=None,
+    passing=True,
+    environment=True,
+    dc=None,
+    near=None,
+    token=None,
+    refresh=False,
+    failover=None,
+):
     """
     ``discover`` as ``["host:port", ...]`` strings for config files (IPv6
     addresses in brackets). Same arguments and the same one-request-per-run
@@ -1586,7 +1642,7 @@ def discover_hosts(service, tags=None, passing=True, environment=True, dc=None, 
 
     service
         The service name.
-    tags / passing / environment / dc / near / token / refresh
+    tags / passing / environment / dc / near / token / refresh / failover
         As for ``discover``.
 
     CLI Example:
@@ -1600,7 +1656,7 @@ def discover_hosts(service, tags=None, passing=True, environment=True, dc=None, 
         hosts = {{ salt['consul.discover_hosts']('db') | join(',') }}
     """
     hosts = []
-    for inst in discover(service, tags, passing, environment, dc, near, token, refresh):
+    for inst in discover(service, tags, passing, environment, dc, near, token, refresh, failover):
         address = inst["address"]
         if address and ":" in address and not address.startswith("["):
             address = f"[{address}]"

@@ -61,9 +61,9 @@ def test_discover_env_filter_address_fallback_and_order(consul, consul_agent, sv
     found = consul.discover(svc)
     assert found == [
         {"address": "10.0.0.2", "port": 5433, "tags": ["prod", "gg", "replica"], "meta": {"v": "13"},
-         "node": consul_agent.node_name, "id": f"{svc}-b", "datacenter": "dc1"},
+         "node": consul_agent.node_name, "id": f"{svc}-b", "datacenter": "dc1", "remote": False},
         {"address": "127.0.0.1", "port": 5432, "tags": ["prod", "gg", "primary"], "meta": {},
-         "node": consul_agent.node_name, "id": f"{svc}-a", "datacenter": "dc1"},
+         "node": consul_agent.node_name, "id": f"{svc}-a", "datacenter": "dc1", "remote": False},
     ]
     assert [i["id"] for i in consul.discover(svc, tags="primary")] == [f"{svc}-a"]
     assert [i["id"] for i in consul.discover(svc, environment={"type": "stg"})] == [f"{svc}-c"]

@@ -6,7 +6,6 @@ import uuid
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-import localconsul
 
 
 @pytest.fixture
@@ -87,33 +86,41 @@ def test_query_token_is_hidden(consul, consul_agent, uniq):
     assert secret not in repr(consul.query_list())
 
 
-def test_query_failover_to_other_datacenter(minion_opts, tmp_path):
+def test_query_and_discover_fail_over_to_other_datacenter(minion_opts, consul_dc_pair):
     from saltfactories.utils.functional import Loaders
 
-    first = localconsul.LocalConsul("qa1", log_dir=str(tmp_path)).start()
-    second = localconsul.LocalConsul("qa2", log_dir=str(tmp_path)).start()
+    first, second = consul_dc_pair
+    name = "pay" + uuid.uuid4().hex[:6]
+    _service(second, name, f"{name}-2", ["prod", "gg"])  # only the second datacenter has it
+    minion_opts["consul"]["address"] = first.http_addr
+    ld = Loaders(minion_opts)
+    qid = None
     try:
-        localconsul.wan_join(first, second)
-        _service(second, "pay", "pay-1")  # only the second datacenter has it
-        minion_opts["consul"]["address"] = first.http_addr
-        ld = Loaders(minion_opts)
-        try:
-            consul = ld.modules.consul
-            qid = consul.query_create(
-                {"Name": "pay", "Service": {"Service": "pay", "Failover": {"Datacenters": ["qa2"]}}}
-            )
-            assert first.api_json("GET", f"/v1/query/{qid}")[0]["Service"]["Failover"]["Datacenters"] == ["qa2"]
-            result = consul.query_execute("pay")
-            assert (result["Datacenter"], result["Failovers"]) == ("qa2", 1)
-            assert [n["Service"]["ID"] for n in result["Nodes"]] == ["pay-1"]
-            assert sorted(consul.catalog_datacenters()) == ["qa1", "qa2"]
-            # dc= reaches the other datacenter directly.
-            assert [i["id"] for i in consul.discover("pay", environment=False, dc="qa2")] == ["pay-1"]
-        finally:
-            ld.reset_state()
+        consul = ld.modules.consul
+        qid = consul.query_create(
+            {"Name": name, "Service": {"Service": name, "Failover": {"Datacenters": [second.datacenter]}}}
+        )
+        assert first.api_json("GET", f"/v1/query/{qid}")[0]["Service"]["Failover"]["Datacenters"] == ["dc2"]
+        result = consul.query_execute(name)
+        assert (result["Datacenter"], result["Failovers"]) == ("dc2", 1)
+        assert [n["Service"]["ID"] for n in result["Nodes"]] == [f"{name}-2"]
+        assert sorted(consul.catalog_datacenters()) == ["dc1", "dc2"]
+        # dc= reaches the other datacenter directly; discover fails over only when asked.
+        assert [i["id"] for i in consul.discover(name, dc="dc2")] == [f"{name}-2"]
+        assert consul.discover(name) == []
+        for failover in (True, ["dc2"]):
+            found = consul.discover(name, failover=failover, refresh=True)
+            assert [(i["id"], i["datacenter"], i["remote"]) for i in found] == [(f"{name}-2", "dc2", True)]
+        # With a healthy local instance, the local one answers.
+        _service(first, name, f"{name}-1", ["prod", "gg"])
+        found = consul.discover(name, failover=True, refresh=True)
+        assert [(i["id"], i["datacenter"], i["remote"]) for i in found] == [(f"{name}-1", "dc1", False)]
     finally:
-        second.cleanup()
-        first.cleanup()
+        ld.reset_state()
+        if qid:
+            first.api("DELETE", f"/v1/query/{qid}")
+        first.api("PUT", f"/v1/agent/service/deregister/{name}-1")
+        second.api("PUT", f"/v1/agent/service/deregister/{name}-2")
 
 
 def test_query_bad_definitions(consul):
