@@ -170,6 +170,12 @@ def _dc(dc):
     return _opt_str(dc, "dc") or None
 
 
+def _consistency(mode):
+    if mode not in (None, "stale", "consistent"):
+        raise SaltInvocationError(f"consistency must be 'stale' or 'consistent', not {mode!r}")
+    return mode
+
+
 # --------------------------------------------------------------------------- environment
 
 
@@ -307,12 +313,12 @@ def kv_get(key, default=None, decode=None, detail=False, dc=None, consistency=No
     with _consul("kv_get"):
         client = _client(token)
         if detail:
-            entries = client.get(path, dc=_dc(dc), consistency=consistency, not_found_ok=True)
+            entries = client.get(path, dc=_dc(dc), consistency=_consistency(consistency), not_found_ok=True)
             if not entries:
                 return default
             return _kv_entry(entries[0], decode, key)
         resp = client.request(
-            "GET", path, params={"raw": True}, dc=_dc(dc), consistency=consistency, not_found_ok=True
+            "GET", path, params={"raw": True}, dc=_dc(dc), consistency=_consistency(consistency), not_found_ok=True
         )
     if resp is None:
         return default
@@ -485,7 +491,7 @@ def kv_keys(prefix="", separator=None, dc=None, consistency=None, token=None):
             path,
             params={"keys": True, "separator": separator},
             dc=_dc(dc),
-            consistency=consistency,
+            consistency=_consistency(consistency),
             not_found_ok=True,
         )
     return sorted(keys or [])
@@ -519,7 +525,7 @@ def kv_tree(prefix, decode=None, dc=None, consistency=None, token=None):
         raise SaltInvocationError(f"decode must be one of json, yaml, auto (got {decode!r})")
     with _consul("kv_tree"):
         entries = _client(token).get(
-            path, params={"recurse": True}, dc=_dc(dc), consistency=consistency, not_found_ok=True
+            path, params={"recurse": True}, dc=_dc(dc), consistency=_consistency(consistency), not_found_ok=True
         )
     return saltconsul_kv.tree(entries, base, decode)
 
@@ -699,7 +705,7 @@ def session_info(session_id, dc=None, consistency=None, token=None):
     """
     path = f"/v1/session/info/{_seg(session_id, 'session_id')}"
     with _consul("session_info"):
-        found = _client(token).get(path, dc=_dc(dc), consistency=consistency, not_found_ok=True)
+        found = _client(token).get(path, dc=_dc(dc), consistency=_consistency(consistency), not_found_ok=True)
     return found[0] if found else None
 
 
@@ -772,7 +778,7 @@ def session_list(node=None, dc=None, consistency=None, token=None):
     """
     path = "/v1/session/list" if node is None else f"/v1/session/node/{_seg(node, 'node')}"
     with _consul("session_list"):
-        return _client(token).get(path, dc=_dc(dc), consistency=consistency) or []
+        return _client(token).get(path, dc=_dc(dc), consistency=_consistency(consistency)) or []
 
 
 def lock_acquire(key, session, value=None, dc=None, token=None):
@@ -857,14 +863,14 @@ def lock_holder(key, dc=None, consistency=None, token=None):
     path = saltconsul_kv.kv_path(key)
     with _consul("lock_holder"):
         client = _client(token)
-        entries = client.get(path, dc=_dc(dc), consistency=consistency, not_found_ok=True)
+        entries = client.get(path, dc=_dc(dc), consistency=_consistency(consistency), not_found_ok=True)
         if not entries or not entries[0].get("Session"):
             return None
         session = entries[0]["Session"]
         found = client.get(
             f"/v1/session/info/{_seg(session, 'session')}",
             dc=_dc(dc),
-            consistency=consistency,
+            consistency=_consistency(consistency),
             not_found_ok=True,
         )
     info = found[0] if found else {}
@@ -1374,7 +1380,7 @@ def health_service(service, passing=False, tag=None, near=None, dc=None, consist
     path = f"/v1/health/service/{_seg(service, 'service')}"
     params = {"passing": bool(passing), "tag": _str_list(tag, "tag"), "near": _opt_str(near, "near")}
     with _consul("health_service"):
-        return _client(token).get(path, params=params, dc=_dc(dc), consistency=consistency) or []
+        return _client(token).get(path, params=params, dc=_dc(dc), consistency=_consistency(consistency)) or []
 
 
 def health_node(node, dc=None, consistency=None, token=None):
@@ -1398,7 +1404,7 @@ def health_node(node, dc=None, consistency=None, token=None):
     """
     path = f"/v1/health/node/{_seg(node, 'node')}"
     with _consul("health_node"):
-        return _client(token).get(path, dc=_dc(dc), consistency=consistency) or []
+        return _client(token).get(path, dc=_dc(dc), consistency=_consistency(consistency)) or []
 
 
 def health_checks(service, dc=None, consistency=None, token=None):
@@ -1422,7 +1428,7 @@ def health_checks(service, dc=None, consistency=None, token=None):
     """
     path = f"/v1/health/checks/{_seg(service, 'service')}"
     with _consul("health_checks"):
-        return _client(token).get(path, dc=_dc(dc), consistency=consistency) or []
+        return _client(token).get(path, dc=_dc(dc), consistency=_consistency(consistency)) or []
 
 
 def health_state(state="any", dc=None, consistency=None, token=None):
@@ -1447,7 +1453,7 @@ def health_state(state="any", dc=None, consistency=None, token=None):
     if state not in _CHECK_STATUSES + ("any",):
         raise SaltInvocationError("state must be passing, warning, critical or any")
     with _consul("health_state"):
-        return _client(token).get(f"/v1/health/state/{state}", dc=_dc(dc), consistency=consistency) or []
+        return _client(token).get(f"/v1/health/state/{state}", dc=_dc(dc), consistency=_consistency(consistency)) or []
 
 
 # --------------------------------------------------------------------------- discovery
@@ -1688,7 +1694,7 @@ def catalog_services(tag=None, dc=None, consistency=None, token=None):
     """
     _opt_str(tag, "tag")
     with _consul("catalog_services"):
-        services = _client(token).get("/v1/catalog/services", dc=_dc(dc), consistency=consistency) or {}
+        services = _client(token).get("/v1/catalog/services", dc=_dc(dc), consistency=_consistency(consistency)) or {}
     if tag is None:
         return services
     return {name: tags for name, tags in services.items() if tag in (tags or [])}
@@ -1715,7 +1721,7 @@ def catalog_nodes(near=None, dc=None, consistency=None, token=None):
     """
     with _consul("catalog_nodes"):
         return _client(token).get(
-            "/v1/catalog/nodes", params={"near": _opt_str(near, "near")}, dc=_dc(dc), consistency=consistency
+            "/v1/catalog/nodes", params={"near": _opt_str(near, "near")}, dc=_dc(dc), consistency=_consistency(consistency)
         ) or []
 
 
@@ -1746,7 +1752,7 @@ def catalog_service(service, tag=None, near=None, dc=None, consistency=None, tok
     path = f"/v1/catalog/service/{_seg(service, 'service')}"
     params = {"tag": _str_list(tag, "tag"), "near": _opt_str(near, "near")}
     with _consul("catalog_service"):
-        return _client(token).get(path, params=params, dc=_dc(dc), consistency=consistency) or []
+        return _client(token).get(path, params=params, dc=_dc(dc), consistency=_consistency(consistency)) or []
 
 
 def catalog_datacenters(token=None):

@@ -219,3 +219,10 @@ def test_json_roundtrip_matches_consul(consul, consul_agent, kv_prefix):
     data = {"k": ["v", 1, None]}
     consul.kv_put(f"{kv_prefix}/rt", data)
     assert json.loads(_raw(consul_agent, f"{kv_prefix}/rt")) == data
+
+
+def test_bad_consistency_is_an_argument_error(consul, kv_prefix):
+    with pytest.raises(SaltInvocationError):
+        consul.kv_get(f"{kv_prefix}/x", consistency="eventual")
+    with pytest.raises(SaltInvocationError):
+        consul.kv_tree(f"{kv_prefix}", consistency="eventual")
