@@ -29,4 +29,12 @@ def test_demo_runs_and_cleans_up():
     assert "demo: ok" in out
     for postfix in ("prod.gg.mydc1", "dev.gg.mydc1"):
         assert postfix in out
+    # Environment DNS names answer with that environment's db only.
+    assert "db.prod.gg.mydc1.query.consul      -> 127.0.0.11" in out
+    assert "db.dev.gg.mydc1.query.consul       -> 127.0.0.12" in out
+    # The same SLS rendered each environment's value from the layered KV.
+    assert "rendered pool_size = 50" in out and "rendered pool_size = 5" in out
+    second = out.split("Second state.apply", 1)[1]
+    assert second.count(", 0 changed") == 4
+    assert "unchanged: nothing was re-registered" in second
     assert _demo_processes() == []
