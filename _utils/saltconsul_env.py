@@ -61,7 +61,9 @@ DEFAULT_PATTERNS = (
     },
 )
 
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# A lowercase DNS label, as a pattern other modules can embed in their own regexes.
+LABEL_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL = re.compile(f"^{LABEL_PATTERN}$")
 # db01 -> db, web-03 -> web, kafka-broker2 -> kafka-broker
 _ROLE = re.compile(r"^(?P<role>[a-z](?:[a-z0-9-]*[a-z])?)-?[0-9]*$")
 _MAX_NAME = 253

@@ -44,25 +44,16 @@ import random
 import re
 import time
 
+from saltconsul_env import DEFAULT_TYPES, LABEL_PATTERN
 from saltconsul_errors import ConsulError, ConsulNotFound, ConsulPermissionDenied
+from saltconsul_kvtree import DEFAULT_LAYERS
 
 log = logging.getLogger(__name__)
 
 TAG_PREFIX = "salt/consul"
-# The KV layout the ext_pillar reads by default (saltconsul_kvtree.DEFAULT_LAYERS):
-# layer folders over the environment, none inside another.
-DEFAULT_LAYERS = (
-    "config/global",
-    "config/dc/{datacenter}",
-    "config/type/{type}",
-    "config/group/{type}.{group}",
-    "config/env/{type}.{group}.{datacenter}",
-    "config/node/{minion_id}",
-)
-DEFAULT_TYPES = ("prod", "stg", "dev", "qa", "test", "uat")
 # Bound the key lists an event carries; a larger burst says ``truncated``.
 MAX_KEYS = 500
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL = LABEL_PATTERN
 _POSTFIX = r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?"
 _MINION_ID = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}"
 _FIELD = re.compile(r"{(\w+)}")
