@@ -21,6 +21,8 @@ Consul with the ``consul`` CLI needs no extra configuration:
       retries: 2                         # extra tries, idempotent requests only
       retry_backoff: 0.2                 # seconds, doubled per try, capped at 5
       max_value_size: 524288             # Consul's kv_max_value_size
+      compression: false                 # ask for gzip answers (worth it only over slow links;
+                                         # the usual local agent answers faster uncompressed)
 
 The ``env`` sub-key (hostname patterns and overrides) is read by
 ``saltconsul_env``.
@@ -45,6 +47,7 @@ DEFAULTS = {
     "retries": 2,
     "retry_backoff": 0.2,
     "max_value_size": 512 * 1024,
+    "compression": False,
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -139,4 +142,7 @@ def parse_config(opts, environ=None, **overrides):
     if conf["retries"] < 0:
         raise SaltInvocationError("consul:retries must be 0 or more")
     conf["max_value_size"] = int(conf["max_value_size"])
+    if isinstance(conf["compression"], str):
+        conf["compression"] = _env_bool(conf["compression"])
+    conf["compression"] = bool(conf["compression"])
     return conf

@@ -118,3 +118,16 @@ def test_wrong_token_is_permission_denied_and_never_leaks(consul_acl_agent, capl
     token_file.write_text(consul_acl_agent.master_token + "\n")
     from_file = _client(consul_acl_agent.http_addr, token_file=str(token_file))
     assert from_file.request("GET", "/v1/kv/acl/x", params={"raw": True}).content == b"v"
+
+
+def test_compression_is_opt_in(consul_agent, kv_prefix):
+    # Enough data for Consul to compress when asked.
+    for i in range(40):
+        consul_agent.api("PUT", f"/v1/kv/{kv_prefix}/k{i}", b"x" * 200)
+    plain = _client(consul_agent.http_addr).request("GET", f"/v1/kv/{kv_prefix}/", params={"recurse": True})
+    assert "content-encoding" not in plain.headers
+    gz = _client(consul_agent.http_addr, compression=True).request(
+        "GET", f"/v1/kv/{kv_prefix}/", params={"recurse": True}
+    )
+    assert gz.headers.get("content-encoding") == "gzip"
+    assert gz.json() == plain.json()
