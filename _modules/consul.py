@@ -38,6 +38,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 import saltconsul_client
 import saltconsul_env
 import saltconsul_kv
+import saltconsul_kvtree
 from saltconsul_errors import (
     ConsulCASConflict,
     ConsulError,
@@ -505,13 +506,18 @@ def kv_tree(prefix, decode=None, dc=None, consistency=None, token=None):
     prefix
         The folder, e.g. ``app`` or ``app/`` (``app`` does not include ``apple``).
     decode
-        ``json``, ``yaml`` or ``auto`` to parse each value (see ``kv_get``).
+        ``json``, ``yaml`` or ``auto`` to parse each value (``auto``: only JSON
+        objects and arrays). A value that does not parse stays its exact string
+        and a warning names its key, as in the ext_pillar.
     dc
         Datacenter.
     consistency
         ``stale`` or ``consistent``.
     token
         ACL token for this call instead of the configured one.
+
+    A key that is both a value and a folder (``app/db`` and ``app/db/pool``)
+    keeps both: the value goes under ``_value`` inside the folder.
 
     CLI Example:
 
@@ -527,7 +533,8 @@ def kv_tree(prefix, decode=None, dc=None, consistency=None, token=None):
         entries = _client(token).get(
             path, params={"recurse": True}, dc=_dc(dc), consistency=_consistency(consistency), not_found_ok=True
         )
-    return saltconsul_kv.tree(entries, base, decode)
+    # The ext_pillar's tree builder, so kv_tree and pillar agree on every rule.
+    return saltconsul_kvtree.tree_from_consul(entries or (), base[:-1], decode or "raw")
 
 
 _TXN_VERBS = {

@@ -1,7 +1,8 @@
 """
-Consul KV helpers shared by the execution module, states and pillar: key
-validation and quoting, value encoding/decoding, and turning a recursive
-listing into a nested dict.
+Consul KV helpers shared by the execution module and states: key validation
+and quoting, value encoding and decoding. Building nested dicts from a listing
+(and the ``auto`` decoding rule) lives in ``saltconsul_kvtree``, shared with the
+ext_pillar, so ``consul.kv_tree`` and pillar read KV the same way.
 
 Nothing here talks to Consul and nothing here logs or formats a *value* into
 a message: values may be secrets. Key names are not secret and do appear in
@@ -21,6 +22,8 @@ import urllib.parse
 import salt.utils.json
 import salt.utils.yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import saltconsul_kvtree
 
 DECODERS = (None, "raw", "json", "yaml", "auto")
 
@@ -107,13 +110,14 @@ def text_to_b64(value):
 
 def decode_value(text, decode=None, key=None):
     """
-    Decode a stored value.
+    Decode a stored value for ``consul.kv_get``.
 
     decode
         ``None``/``"raw"``: the text unchanged. ``"json"``/``"yaml"``: parsed, an
-        error if it does not parse. ``"auto"``: parsed as YAML only if that gives
-        a dict or a list, else the text unchanged (so ``"08"`` or ``"yes"`` stay
-        strings).
+        error if it does not parse (the caller asked for it explicitly).
+        ``"auto"``: the ext_pillar's rule (``saltconsul_kvtree.decode_value``):
+        only a JSON object or array becomes a structure, everything else stays
+        the exact string (so ``"08"`` or ``"yes"`` stay strings).
 
     Errors name the key, never the value.
     """
@@ -121,57 +125,14 @@ def decode_value(text, decode=None, key=None):
         raise SaltInvocationError(f"decode must be one of json, yaml, auto, raw (got {decode!r})")
     if decode in (None, "raw"):
         return text
+    if decode == "auto":
+        return saltconsul_kvtree.decode_value(text, "auto", key)
     if isinstance(text, bytes):
-        if decode == "auto":
-            return text
         raise CommandExecutionError(f"value of consul key {key!r} is not UTF-8 text; cannot decode as {decode}")
-    if text == "" and decode == "auto":
-        return text
     try:
         if decode == "json":
             return salt.utils.json.loads(text)
-        parsed = salt.utils.yaml.safe_load(text)
-    except Exception as err:  # pylint: disable=broad-except
-        if decode == "auto":
-            return text
-        # The parser's message can quote the value: report only its type.
-        raise CommandExecutionError(
-            f"value of consul key {key!r} is not valid {decode} ({type(err).__name__})"
-        ) from None
-    if decode == "auto" and not isinstance(parsed, (dict, list)):
-        return text
-    return parsed
-
-
-def tree(entries, prefix, decode=None):
-    """
-    A nested dict from a recursive listing (``GET /v1/kv/<prefix>?recurse``).
-
-    Keys are taken relative to ``prefix`` (treated as a folder: ``app`` lists
-    ``app/...``, not ``apple``); ``a/b/c`` becomes ``{"a": {"b": {"c": value}}}``.
-    Folder placeholder keys (ending in ``/``) become empty dicts. A key that is
-    both a value and a folder (``a`` and ``a/b``) keeps the folder.
-    """
-    base = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-    result = {}
-    for entry in sorted(entries or (), key=lambda e: e["Key"]):
-        name = entry["Key"]
-        if not name.startswith(base) or name == base:
-            continue
-        parts = name[len(base):].split("/")
-        is_folder = parts[-1] == ""
-        if is_folder:
-            parts = parts[:-1]
-        node = result
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        leaf = parts[-1]
-        if is_folder:
-            if not isinstance(node.get(leaf), dict):
-                node[leaf] = {}
-        elif not isinstance(node.get(leaf), dict):
-            node[leaf] = decode_value(b64_to_text(entry.get("Value")), decode, key=name)
-    return result
+        return salt.utils.yaml.safe_load(text)
+    except Exception:  # pylint: disable=broad-except
+        # The parser's message can quote the value: report only the key.
+        raise CommandExecutionError(f"value of consul key {key!r} is not valid {decode}") from None

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import saltconsul_kv
+import saltconsul_kvtree
 
 
 def _entry(key, value):
@@ -50,7 +51,9 @@ def test_decode_value():
     assert dec("08", None) == "08"
     assert dec("08", "auto") == "08"
     assert dec("yes", "auto") == "yes"
-    assert dec("a: 1", "auto") == {"a": 1}
+    assert dec("a: 1", "auto") == "a: 1"  # auto: only JSON objects/arrays, as in pillar
+    assert dec('{"a": 1}', "auto") == {"a": 1}
+    assert dec("a: 1", "yaml") == {"a": 1}
     assert dec("[1, 2]", "json") == [1, 2]
     assert dec("{bad", "auto") == "{bad"
     assert dec(b"\xff", "auto") == b"\xff"
@@ -69,11 +72,13 @@ def test_tree_folders_and_conflicts():
         _entry("apple", b"not under app/"),
         _entry("app/", None),
     ]
-    assert saltconsul_kv.tree(entries, "app") == {"db": {"pool": "20"}, "web": {}}
-    assert saltconsul_kv.tree([], "app") == {}
+    # The leaf of a key that is also a folder is kept under _value (the pillar's rule).
+    assert saltconsul_kvtree.tree_from_consul(entries, "app", "raw") == {
+        "db": {"pool": "20", "_value": "leaf-and-folder"}, "web": {}}
+    assert saltconsul_kvtree.tree_from_consul([], "app", "raw") == {}
 
 
 @given(st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), st.text(max_size=20), max_size=8))
 def test_tree_round_trip(flat):
     entries = [_entry(f"p/{k}", v.encode()) for k, v in flat.items()]
-    assert saltconsul_kv.tree(entries, "p/") == flat
+    assert saltconsul_kvtree.tree_from_consul(entries, "p", "raw") == flat
