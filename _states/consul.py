@@ -801,6 +801,14 @@ def _wait_not_critical(check_ids, wait, token):
         time.sleep(0.25)
 
 
+def _tied_to(session_id, check_ids, token):
+    """True if the session exists and ends with exactly these service checks."""
+    info = __salt__["consul.session_info"](session_id, token=token)
+    if not info:
+        return False
+    return sorted(c.get("ID") for c in info.get("ServiceChecks") or []) == sorted(check_ids)
+
+
 def single_holder_service(
     name,
     checks,
@@ -822,17 +830,24 @@ def single_holder_service(
     Register a one-server service (a DB primary) only while this minion holds
     its Consul lock.
 
-    The lock is a KV key acquired with a session whose health checks are
-    ``serfHealth`` plus this service's checks, and whose value is this
-    minion's ID. Another minion applying the same state fails, naming the
-    holder, and registers nothing. When the holder's check goes critical (or
-    its node leaves), Consul invalidates the session and releases the lock;
-    after the lock delay the next apply elsewhere takes it. Re-applying on the
-    holder changes nothing.
+    The lock is a KV key whose value is the holder's minion ID, held by a
+    session whose health checks are ``serfHealth`` plus this service's checks.
+    Another minion applying the same state fails, naming the holder, and
+    registers nothing. When the holder's check goes critical (or its node
+    leaves), Consul invalidates the session and releases the lock; after the
+    lock delay the next apply elsewhere takes it. Re-applying on the holder
+    changes nothing.
 
-    To be tied to a session, the checks must not be critical when the lock is
-    taken: the state registers the service, waits up to ``wait_passing``
-    seconds for that, then takes the lock (or deregisters again if it cannot).
+    Order of operations, so that no minion ever has an instance registered
+    without holding the lock: take the lock with a *guard* session tied to
+    the node only; register the service; wait up to ``wait_passing`` seconds
+    for its checks to leave ``critical`` (Consul refuses to tie a session to a
+    critical check); then hand the lock, in one atomic transaction, from the
+    guard to a session tied to the service's checks. If any step fails, the
+    lock is released (explicitly: no lock delay for the next contender), the
+    sessions destroyed and the instance deregistered again. A later apply on a
+    holder whose lock is still held by a guard (a run interrupted by a Consul
+    outage) completes the handover.
 
     name
         The Consul service name.
@@ -844,7 +859,7 @@ def single_holder_service(
         The KV key of the lock (default: ``locks/<name>/<postfix>/leader``,
         one holder per environment).
     lock_delay
-        Consul's lock delay for the session: after an invalidation nobody can
+        Consul's lock delay for the sessions: after an invalidation nobody can
         take the lock for this long.
     lock_wait
         Seconds to keep retrying while a released lock is still in its lock
@@ -858,8 +873,10 @@ def single_holder_service(
     """
     ret = _ret(name)
     me = _minion_id()
-    session = None
+    sessions = []  # created by this run, destroyed on failure
+    held_by = None  # the session of ours that holds the lock, once it does
     acquiring = False
+    key = None
     sid = service_id or name
     try:
         if not checks:
@@ -871,26 +888,32 @@ def single_holder_service(
             name, service_id, tags, address, port, meta, enable_tag_override, weights, checks, env_tags, token
         )
         sid = desired["ID"]
+        check_ids = [check["id"] for check in desired["checks"]]
         ours = current is not None and _owner_problem(current, False) is None
         if current is not None and not ours:
             return _fail(ret, _owner_problem(current, False))
         holder = __salt__["consul.lock_holder"](key, token=token)
         holder_name = (holder or {}).get("value") or (holder or {}).get("session")
 
+        guard = None
         if holder and holder.get("value") == me:
-            if not changes:
-                ret["comment"] = f"This minion holds {key}; service {sid} is registered as declared"
+            if _tied_to(holder["session"], check_ids, token):
+                if not changes:
+                    ret["comment"] = f"This minion holds {key}; service {sid} is registered as declared"
+                    return ret
+                ret["changes"] = {"service": changes}
+                if __opts__.get("test"):
+                    ret["result"] = None
+                    ret["comment"] = f"This minion holds {key}; service {sid} would be updated"
+                    return ret
+                _service_write(desired, stale, token)
+                ret["comment"] = f"This minion holds {key}; service {sid} updated"
                 return ret
-            ret["changes"] = {"service": changes}
-            if __opts__.get("test"):
-                ret["result"] = None
-                ret["comment"] = f"This minion holds {key}; service {sid} would be updated"
-                return ret
-            _service_write(desired, stale, token)
-            ret["comment"] = f"This minion holds {key}; service {sid} updated"
-            return ret
-
-        if holder:
+            # Held by this minion's guard session from an interrupted run (or a
+            # session no longer matching the checks): finish the handover below.
+            guard = holder["session"]
+            ret["changes"] = {"lock": {"old": "held by a session not tied to the checks", "new": "tied to the checks"}}
+        elif holder:
             ret["result"] = False
             ret["comment"] = f"{name} is held by {holder_name} (lock {key}); not registering {sid} here"
             if current is not None:
@@ -903,8 +926,8 @@ def single_holder_service(
                     __salt__["consul.service_deregister"](sid, token=token)
                     ret["comment"] += f"; deregistered this minion's stale instance {sid}"
             return ret
-
-        ret["changes"] = {"lock": {"old": None, "new": me}}
+        else:
+            ret["changes"] = {"lock": {"old": None, "new": me}}
         if changes:
             ret["changes"]["service"] = changes
         if __opts__.get("test"):
@@ -913,14 +936,39 @@ def single_holder_service(
             return ret
 
         acquiring = True
+        if guard is None:
+            # 1. The lock first, with a session tied to the node only: no
+            #    instance is registered by a minion that does not hold it.
+            guard = __salt__["consul.session_create"](
+                name=f"salt-consul {name} {me} (acquiring)",
+                checks=["serfHealth"],
+                lock_delay=lock_delay,
+                behavior="release",
+                token=token,
+            )
+            sessions.append(guard)
+            deadline = time.monotonic() + wait_lock
+            while not __salt__["consul.lock_acquire"](key, guard, value=me, token=token):
+                holder = __salt__["consul.lock_holder"](key, token=token)
+                if holder or time.monotonic() >= deadline:
+                    holder_name = (holder or {}).get("value") or (holder or {}).get("session")
+                    raise CommandExecutionError(
+                        f"{name} is held by {holder_name} (lock {key})"
+                        if holder
+                        else f"lock {key} still in its lock delay after {wait_lock:g}s"
+                    )
+                # Nobody holds it: a released lock still in its lock delay.
+                time.sleep(0.25)
+        held_by = guard
+        # 2. Register while holding the lock, and wait for the checks.
         if changes:
             _service_write(desired, stale, token)
-        check_ids = [check["id"] for check in desired["checks"]]
         critical = _wait_not_critical(check_ids, float(wait_passing), token)
         if critical:
             raise CommandExecutionError(
-                f"check(s) {', '.join(critical)} still critical after {wait_passing}s; lock not taken"
+                f"check(s) {', '.join(critical)} still critical after {wait_passing}s; lock not kept"
             )
+        # 3. Hand the lock atomically to a session that ends with the checks.
         session = __salt__["consul.session_create"](
             name=f"salt-consul {name} {me}",
             checks=["serfHealth"],
@@ -929,22 +977,19 @@ def single_holder_service(
             behavior="release",
             token=token,
         )
-        deadline = time.monotonic() + wait_lock
-        while True:
-            if __salt__["consul.lock_acquire"](key, session, value=me, token=token):
-                ret["comment"] = f"Took the lock {key}; service {sid} registered on this minion"
-                return ret
-            holder = __salt__["consul.lock_holder"](key, token=token)
-            if holder or time.monotonic() >= deadline:
-                break
-            # Nobody holds it: a released lock still in its lock delay.
-            time.sleep(0.25)
-        holder_name = (holder or {}).get("value") or (holder or {}).get("session")
-        raise CommandExecutionError(
-            f"{name} is held by {holder_name} (lock {key})"
-            if holder
-            else f"lock {key} still in its lock delay after {wait_lock:g}s"
+        sessions.append(session)
+        __salt__["consul.kv_txn"](
+            [
+                {"verb": "unlock", "key": key, "session": guard},
+                {"verb": "lock", "key": key, "value": me, "session": session},
+            ],
+            token=token,
         )
+        held_by = session
+        # The guard holds nothing now: destroying it releases nothing.
+        __salt__["consul.session_destroy"](guard, token=token)
+        ret["comment"] = f"Took the lock {key}; service {sid} registered on this minion"
+        return ret
     except (SaltInvocationError, CommandExecutionError) as err:
         ret["changes"] = {}
         ret["result"] = False
@@ -952,8 +997,12 @@ def single_holder_service(
         # Undo what this run did: nothing stays registered without the lock.
         if acquiring:
             try:
-                if session:
-                    __salt__["consul.session_destroy"](session, token=token)
+                if held_by:
+                    # An explicit release sets no lock delay; destroying a
+                    # holding session would make every other minion wait.
+                    __salt__["consul.lock_release"](key, held_by, token=token)
+                for created in sessions:
+                    __salt__["consul.session_destroy"](created, token=token)
                 if __salt__["consul.service_get"](sid, token=token) is not None:
                     __salt__["consul.service_deregister"](sid, token=token)
                     ret["comment"] += f"; {sid} not left registered here"
