@@ -137,7 +137,6 @@ def test_prepared_query_fails_over_to_the_other_datacenter(multidc_minion, consu
     The building block for cross-dc discovery: with every ``db`` in dc1
     critical, a prepared query with failover, executed from dc1 through the
     execution module on a real minion, answers with dc2's instances.
-    (``consul.discover`` itself does not fail over yet; see docs/multidc.md.)
     """
     dc1, dc2 = consul_dc_pair
     name = f"db-{uuid.uuid4().hex[:6]}"
@@ -167,5 +166,33 @@ def test_prepared_query_fails_over_to_the_other_datacenter(multidc_minion, consu
     finally:
         if query_id:
             dc1.api("DELETE", f"/v1/query/{query_id}")
+        for agent in (dc1, dc2):
+            agent.api("PUT", f"/v1/agent/service/deregister/{name}")
+
+
+def test_discover_fails_over_to_the_other_datacenter_marked_remote(multidc_minion, consul_dc_pair):
+    """
+    With every ``db`` of this minion's environment critical in dc1, discovery
+    from dc1 (the template helper, on a real minion) returns dc2's healthy
+    instances, each marked ``remote``; with dc1 healthy again it is local.
+    """
+    dc1, dc2 = consul_dc_pair
+    name = f"db-{uuid.uuid4().hex[:6]}"
+    for agent, port in ((dc1, 5432), (dc2, 6432)):
+        reg = {"Name": name, "ID": name, "Port": port, "Tags": ["prod", "gg"], "Check": {"TTL": "300s"}}
+        assert agent.api("PUT", "/v1/agent/service/register", reg)[0] == 200
+    try:
+        assert dc2.api("PUT", f"/v1/agent/check/pass/service:{name}")[0] == 200
+        assert dc1.api("PUT", f"/v1/agent/check/fail/service:{name}")[0] == 200
+        call = multidc_minion.salt_call_cli(timeout=60)
+        ret = call.run("consul.discover", name, "failover=True")
+        assert ret.returncode == 0, ret
+        assert [(i["port"], i["datacenter"], i["remote"]) for i in ret.data] == [(6432, "dc2", True)]
+        # Without failover the local answer is simply empty: nothing remote sneaks in.
+        assert call.run("consul.discover", name).data == []
+        assert dc1.api("PUT", f"/v1/agent/check/pass/service:{name}")[0] == 200
+        ret = call.run("consul.discover", name, "failover=True")
+        assert [(i["port"], i["datacenter"], i["remote"]) for i in ret.data] == [(5432, "dc1", False)]
+    finally:
         for agent in (dc1, dc2):
             agent.api("PUT", f"/v1/agent/service/deregister/{name}")
