@@ -995,20 +995,33 @@ def single_holder_service(
         ret["result"] = False
         ret["comment"] = f"Single-holder service {sid}: {err}"
         # Undo what this run did: nothing stays registered without the lock.
+        # Each step is tried on its own, so one failing does not skip the rest.
         if acquiring:
-            try:
-                if held_by:
-                    # An explicit release sets no lock delay; destroying a
-                    # holding session would make every other minion wait.
-                    __salt__["consul.lock_release"](key, held_by, token=token)
-                for created in sessions:
-                    __salt__["consul.session_destroy"](created, token=token)
+            problems = []
+            steps = []
+            if held_by:
+                # An explicit release sets no lock delay; destroying a
+                # holding session would make every other minion wait.
+                steps.append(("release the lock", lambda: __salt__["consul.lock_release"](key, held_by, token=token)))
+            for created in sessions:
+                steps.append(
+                    ("destroy a session", lambda created=created: __salt__["consul.session_destroy"](created, token=token))
+                )
+
+            def _deregister():
                 if __salt__["consul.service_get"](sid, token=token) is not None:
                     __salt__["consul.service_deregister"](sid, token=token)
                     ret["comment"] += f"; {sid} not left registered here"
-            except CommandExecutionError as undo_err:
-                log.warning("single_holder_service %s: cleanup failed: %s", sid, undo_err)
-                ret["comment"] += f"; cleanup failed: {undo_err}"
+
+            steps.append(("deregister", _deregister))
+            for what, step in steps:
+                try:
+                    step()
+                except CommandExecutionError as undo_err:
+                    problems.append(f"{what}: {undo_err}")
+            if problems:
+                log.warning("single_holder_service %s: cleanup failed: %s", sid, "; ".join(problems))
+                ret["comment"] += f"; cleanup failed ({'; '.join(problems)}); re-apply once Consul answers"
         return ret
 
 
