@@ -68,6 +68,9 @@ CHECK_FIELDS = set(CHECK_KINDS) | {
     "tls_skip_verify",
 }
 _CHECK_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.@:-]+")
+# Consul registers any service name, but DNS (<name>.service.consul and the
+# environment names <name>.<postfix>.query.consul) resolves only these.
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _DEFAULT_WEIGHTS = {"Passing": 1, "Warning": 1}
 
 
@@ -112,6 +115,17 @@ def _dedupe(items):
     return seen
 
 
+def _port(port):
+    """A port number 0-65535 (0: none); a digit string is accepted as YAML may give one."""
+    if port is None:
+        return 0
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise SaltInvocationError(f"port must be a number from 0 to 65535, got {port!r}")
+    return port
+
+
 def _normalise_weights(weights):
     if weights is None:
         return dict(_DEFAULT_WEIGHTS)
@@ -122,7 +136,9 @@ def _normalise_weights(weights):
         field = str(key).capitalize()
         if field not in out:
             raise SaltInvocationError(f"unknown weights key {key!r} (passing, warning)")
-        out[field] = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SaltInvocationError(f"weights {key} must be a non-negative integer")
+        out[field] = value
     return out
 
 
@@ -186,7 +202,17 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
     """
     if not name or not isinstance(name, str):
         raise SaltInvocationError("a service name is required")
+    if not _SERVICE_NAME.match(name):
+        raise SaltInvocationError(
+            f"service name {name!r} is not a DNS label (letters, digits and inner dashes, at most 63): "
+            "Consul would register it, but DNS could not resolve it"
+        )
     service_id = str(service_id or name)
+    port = _port(port)
+    if isinstance(tags, str):
+        tags = [tags]
+    if tags is not None and not isinstance(tags, (list, tuple)):
+        raise SaltInvocationError("tags must be a list of non-empty strings")
     tags = list(tags or [])
     if not all(isinstance(tag, str) and tag for tag in tags):
         raise SaltInvocationError("tags must be non-empty strings")
@@ -195,6 +221,11 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
     tags = _dedupe(tags)
     if meta is not None and not isinstance(meta, dict):
         raise SaltInvocationError("meta must be a mapping")
+    for key, value in (meta or {}).items():
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise SaltInvocationError(f"meta value for {key!r} must be a string or a number")
+    if checks is not None and not isinstance(checks, (list, tuple)):
+        raise SaltInvocationError("checks must be a list of mappings")
     norm_checks = [_normalise_check(check, service_id, idx) for idx, check in enumerate(checks or [])]
     ids = [check["id"] for check in norm_checks]
     if len(set(ids)) != len(ids):
@@ -209,7 +240,7 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
         "ID": service_id,
         "Tags": tags,
         "Meta": full_meta,
-        "Port": int(port or 0),
+        "Port": port,
         "Address": address or "",
         "Weights": _normalise_weights(weights),
         "EnableTagOverride": bool(enable_tag_override),
