@@ -228,6 +228,12 @@ def environment(minion_id, opts, grains=None, from_grains=False):
     values = {field: env.get(field) for field in saltconsul_kvtree.TEMPLATE_FIELDS if field != "minion_id"}
     if not saltconsul_env.is_label(values.get("host") or ""):
         values["host"] = None
+    postfix = values.get("postfix")
+    if postfix is not None and not all(saltconsul_env.is_label(part) for part in postfix.split(".")):
+        # A consul:env:postfix template with "/" or ".." in it must not add or
+        # climb KV folders: only dot-separated labels are a postfix.
+        log.warning("consul ext_pillar: postfix %r is not dot-separated DNS labels; layers naming {postfix} skipped", postfix)
+        values["postfix"] = None
     if saltconsul_kvtree.safe_minion_id(minion_id):
         values["minion_id"] = minion_id
     else:
