@@ -56,6 +56,12 @@ config, then the built-in defaults):
     How cached layers are revalidated; see ``saltconsul_pillarcache``.
 ``cache_dir``
     Default ``<master cachedir>/consul_pillar``.
+``env_key``
+    Also put the environment the master derived for this minion under this
+    pillar key (e.g. ``consul_env``): ``{type, group, datacenter, role, host,
+    postfix, minion_id}``. Formulas (``consul.register``) use it instead of
+    the minion's own view, which the minion's config and grains control.
+    Default: off.
 
 No KV value is ever logged; decode warnings name the key only.
 """
@@ -86,6 +92,7 @@ DEFAULTS = {
     "watch_prefix": None,
     "watch_wait": 300,
     "cache_dir": None,
+    "env_key": None,
 }
 
 
@@ -203,6 +210,8 @@ def parse_config(opts, kwargs):
             raise SaltInvocationError(f"consul ext_pillar: {key} must be a non-empty string")
     if conf["pillar_root"] is not None and (not isinstance(conf["pillar_root"], str) or not conf["pillar_root"]):
         raise SaltInvocationError("consul ext_pillar: pillar_root must be a non-empty string")
+    if conf["env_key"] is not None and (not isinstance(conf["env_key"], str) or not conf["env_key"]):
+        raise SaltInvocationError("consul ext_pillar: env_key must be a non-empty string")
     if not conf["cache_dir"]:
         conf["cache_dir"] = os.path.join((opts or {}).get("cachedir") or "/var/cache/salt/master", "consul_pillar")
     return conf
@@ -300,6 +309,9 @@ def compile_pillar(minion_id, opts, grains=None, **kwargs):
         result = {conf["pillar_root"]: result}
     if stale_age is not None:
         result[conf["stale_key"]] = {"stale": True, "age": stale_age}
+    if conf["env_key"]:
+        # Derived here, on the master, from the authenticated minion ID.
+        result[conf["env_key"]] = dict(values)
     return result
 
 

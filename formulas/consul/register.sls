@@ -9,6 +9,7 @@
     consul_register:
       id_format: '{service}@{minion_id}'   # service IDs; {service} {minion_id} {host}
       env_tags: true                       # add the env type and group as tags
+      env_pillar_key: consul_env           # where the ext_pillar puts the master-derived env
       prune: true                          # deregister own services not in pillar
       services:
         web:
@@ -19,16 +20,33 @@
               http: http://127.0.0.1:8080/health
               interval: 10s
 -#}
+{#-
+  The environment (tags, meta env) comes from the master when the consul
+  ext_pillar runs with `env_key: consul_env`: derived there from the
+  authenticated minion ID, so a minion that claims another environment in
+  its grains or its own consul:env config cannot register into it. Without
+  that pillar key, the minion's own consul.env() is used.
+-#}
 {%- set conf = salt['pillar.get']('consul_register', {}) %}
 {%- set services = conf.get('services', {}) or {} %}
-{%- set env = salt['consul.env']() %}
+{%- set master_env = salt['pillar.get'](conf.get('env_pillar_key', 'consul_env'), {}) %}
+{%- set env = master_env if master_env else salt['consul.env']() %}
+{%- set minion_id = opts['id'] %}
+{%- set env_tags = [] %}
+{%- if conf.get('env_tags', True) %}
+{%-   for field in ('type', 'group') %}
+{%-     if env.get(field) %}
+{%-       do env_tags.append(env[field]) %}
+{%-     endif %}
+{%-   endfor %}
+{%- endif %}
 {%- set id_format = conf.get('id_format', '{service}@{minion_id}') %}
 {%- set keep = [] %}
 {%- set ids = [] %}
 
 {%- for service, spec in services | dictsort %}
 {%-   set spec = spec or {} %}
-{%-   set sid = spec.get('id') or id_format.format(service=service, minion_id=grains['id'], host=env.get('host') or grains['id']) %}
+{%-   set sid = spec.get('id') or id_format.format(service=service, minion_id=minion_id, host=env.get('host') or minion_id) %}
 {%-   do keep.append(sid) %}
 {%-   do ids.append('consul-register-' ~ service) %}
 {%-   set meta = spec.get('meta', {}) or {} %}
@@ -40,8 +58,7 @@ consul-register-{{ service }}:
   consul.service_present:
     - name: {{ spec.get('name', service) | yaml_dquote }}
     - service_id: {{ sid | yaml_dquote }}
-    - tags: {{ spec.get('tags', []) | json }}
-    - env_tags: {{ conf.get('env_tags', True) | json }}
+    - tags: {{ ((spec.get('tags', []) or []) + env_tags) | json }}
     - meta: {{ meta | json }}
 {%-   for key in ('address', 'port', 'weights', 'enable_tag_override') %}
 {%-     if spec.get(key) is not none %}
