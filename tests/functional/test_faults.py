@@ -521,7 +521,6 @@ def test_lock_acquisition_with_consul_paused(agent, proxy, loaders, where):
     info = agent.api_json("GET", f"/v1/session/info/{session}")[0]
     assert [c["ID"] for c in info["ServiceChecks"]] == [f"service:{sid}:alive"]
     assert [s for s in _services(agent) if s.startswith(service)] == [sid]
-    # The interrupted run's sessions are gone or hold nothing: only one session of ours holds a lock.
     proxy.reset()
     third = _state(loaders, "single_holder_service", **spec)
     assert third["result"] is True and third["changes"] == {} and proxy.writes() == []
@@ -600,5 +599,8 @@ def test_pillar_compile_with_consul_paused_then_restarted(agent, proxy, master_o
         assert after["db"] == {"pool": "30", "password": "s3cret"} and "consul_pillar" not in after
     finally:
         saltconsul_pillarcache.reset()
-        agent.resume() if agent.proc else agent.start()
+        if agent.proc is None:
+            agent.start()
+        else:
+            agent.resume()
         agent.api("DELETE", f"/v1/kv/{prefix}?recurse")

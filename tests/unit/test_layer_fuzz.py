@@ -26,7 +26,6 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from salt.exceptions import SaltInvocationError
 
-import saltconsul_env
 import saltconsul_kvtree
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
