@@ -1030,6 +1030,11 @@ def service_register(
             checks='[{name: pg, tcp: "127.0.0.1:5432", interval: 10s}, {id: db01-ttl, ttl: 30s}]'
     """
     _seg(name, "name")
+    if not saltconsul_env.is_service_name(name):
+        raise SaltInvocationError(
+            f"service name {name!r} is not a DNS label (letters, digits and inner dashes, at most 63): "
+            "Consul would register it, but DNS could not resolve it"
+        )
     body = {"Name": name}
     if id is not None:
         _seg(id, "id")
@@ -1056,6 +1061,11 @@ def service_register(
         if not isinstance(checks, (list, tuple)):
             raise SaltInvocationError("checks must be a list of dicts")
         body["Checks"] = [_check_body(c, f"checks[{i}]") for i, c in enumerate(checks)]
+        ids = [c["CheckID"] for c in body["Checks"] if c.get("CheckID")]
+        duplicates = sorted({cid for cid in ids if ids.count(cid) > 1})
+        if duplicates:
+            # Consul 1.8 would keep only the last check of each ID: a half-applied definition.
+            raise SaltInvocationError(f"checks: duplicate check IDs {duplicates}")
     with _consul("service_register"):
         _client(token).put(
             "/v1/agent/service/register",

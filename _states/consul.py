@@ -41,6 +41,8 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import saltconsul_env
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "consul"
@@ -68,9 +70,6 @@ CHECK_FIELDS = set(CHECK_KINDS) | {
     "tls_skip_verify",
 }
 _CHECK_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.@:-]+")
-# Consul registers any service name, but DNS (<name>.service.consul and the
-# environment names <name>.<postfix>.query.consul) resolves only these.
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _DEFAULT_WEIGHTS = {"Passing": 1, "Warning": 1}
 
 
@@ -202,7 +201,7 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
     """
     if not name or not isinstance(name, str):
         raise SaltInvocationError("a service name is required")
-    if not _SERVICE_NAME.match(name):
+    if not saltconsul_env.is_service_name(name):
         raise SaltInvocationError(
             f"service name {name!r} is not a DNS label (letters, digits and inner dashes, at most 63): "
             "Consul would register it, but DNS could not resolve it"
@@ -1060,7 +1059,7 @@ def single_holder_service(
 
 
 def _label(value, what):
-    if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", value):
+    if not saltconsul_env.is_label(value):
         raise SaltInvocationError(f"{what} must be a lowercase DNS label, got {value!r}")
     return value
 

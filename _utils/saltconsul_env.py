@@ -88,6 +88,15 @@ def _compile(env_conf):
     return compiled
 
 
+def is_service_name(name):
+    """
+    True if ``name`` can be a service's DNS name (``<name>.service.consul``):
+    one label of letters, digits and inner dashes. Consul registers other names
+    too, but DNS can never resolve them, so we refuse them up front.
+    """
+    return isinstance(name, str) and bool(_LABEL.match(name.lower()))
+
+
 def role_of(host):
     """The role part of a host label: ``db01`` -> ``db``; None if there is none."""
     match = _ROLE.match(host or "")

@@ -140,10 +140,6 @@ def test_service_register_fuzz(module_loaders, consul_agent, name, port, tags, m
         _deregister(consul_agent, sid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="consul.service_register sends duplicate check IDs; Consul keeps only the last (module fix requested)",
-)
 def test_service_register_duplicate_check_ids(module_loaders, consul_agent):
     """Consul 1.8.7 accepts two checks with one ID and silently keeps the last:
     a half-applied definition. It must be refused before anything is sent."""

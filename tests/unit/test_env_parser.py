@@ -119,3 +119,10 @@ def test_fuzz_overrides(typ, group):
     got = env.parse("db01.prod.gg.dc1", {"type": typ, "group": group})
     for field in FIELDS:
         assert got[field] is None or env.is_label(got[field])
+
+
+@pytest.mark.parametrize("name, ok", [("db", True), ("Web-01", True), ("a" * 63, True), ("a" * 64, False),
+                                      ("a/b", False), ("a b", False), ("-db", False), ("db_1", False),
+                                      ("dé", False), ("", False), (None, False)])
+def test_service_names_must_be_dns_labels(name, ok):
+    assert env.is_service_name(name) is ok
