@@ -61,7 +61,7 @@ config, then the built-in defaults):
     pillar key (e.g. ``consul_env``): ``{type, group, datacenter, role, host,
     postfix, minion_id}``. Formulas (``consul.register``) use it instead of
     the minion's own view, which the minion's config and grains control.
-    Default: off.
+    Default ``consul_env``; ``false`` turns it off.
 
 No KV value is ever logged; decode warnings name the key only.
 """
@@ -92,7 +92,7 @@ DEFAULTS = {
     "watch_prefix": None,
     "watch_wait": 300,
     "cache_dir": None,
-    "env_key": None,
+    "env_key": "consul_env",
 }
 
 
@@ -210,8 +210,10 @@ def parse_config(opts, kwargs):
             raise SaltInvocationError(f"consul ext_pillar: {key} must be a non-empty string")
     if conf["pillar_root"] is not None and (not isinstance(conf["pillar_root"], str) or not conf["pillar_root"]):
         raise SaltInvocationError("consul ext_pillar: pillar_root must be a non-empty string")
-    if conf["env_key"] is not None and (not isinstance(conf["env_key"], str) or not conf["env_key"]):
-        raise SaltInvocationError("consul ext_pillar: env_key must be a non-empty string")
+    if conf["env_key"] in (False, None):
+        conf["env_key"] = None
+    elif not isinstance(conf["env_key"], str) or not conf["env_key"]:
+        raise SaltInvocationError("consul ext_pillar: env_key must be a non-empty string or false")
     if not conf["cache_dir"]:
         conf["cache_dir"] = os.path.join((opts or {}).get("cachedir") or "/var/cache/salt/master", "consul_pillar")
     return conf

@@ -359,6 +359,10 @@ def test_equal_index_from_a_rebuilt_consul_is_not_trusted(own_consul, make_opts)
 def test_empty_prefix_then_keys_appear(consul_agent, kv_prefix, make_opts):
     """Consul answers 404 for an empty prefix: the first keys written must still show up."""
     opts = make_opts(consul_agent, kv_prefix)
-    assert compile_pillar(opts, PROD) == {}
+    empty = compile_pillar(opts, PROD)
+    # Only the master-derived environment (env_key, on by default), no KV data yet.
+    assert empty.pop("consul_env")["postfix"] == "prod.gg.mydc1"
+    assert empty == {}
+    assert compile_pillar(make_opts(consul_agent, kv_prefix, env_key=False), PROD) == {}
     put(consul_agent, f"{kv_prefix}/global/a", "1")
     assert compile_pillar(opts, PROD)["a"] == "1"
