@@ -182,7 +182,14 @@ def _consistency(mode):
 
 def env(hostname=None):
     """
-    The parsed environment of this minion (its ``env`` grain) or of ``hostname``.
+    The environment of this minion, or of ``hostname``.
+
+    For this minion, the environment the master derived from its authenticated
+    minion ID wins: the consul ext_pillar puts it in pillar (``consul_env``,
+    see its ``env_key`` option; ``consul:env:pillar_key`` here if renamed),
+    and its fields override the minion's own parse (``sources`` then says
+    ``master``). Grains and the minion's config are the minion's to change; so
+    formulas, states and discovery all take the environment from here.
 
     hostname
         A hostname or minion ID to parse instead of this minion's.
@@ -195,9 +202,21 @@ def env(hostname=None):
         salt-call consul.env hostname=mydc1-prod-gg-db01
     """
     conf = saltconsul_env.env_config(__opts__)
-    if hostname is None:
-        hostname = saltconsul_env.local_name(__opts__)
-    return saltconsul_env.parse(hostname, conf)
+    if hostname is not None:
+        return saltconsul_env.parse(hostname, conf)
+    parsed = saltconsul_env.parse(saltconsul_env.local_name(__opts__), conf)
+    master = __pillar__.get(conf.get("pillar_key") or "consul_env")
+    if isinstance(master, dict):
+        for field in saltconsul_env.FIELDS + ("host", "postfix"):
+            value = master.get(field)
+            valid = saltconsul_env.is_postfix if field == "postfix" else saltconsul_env.is_label
+            parsed[field] = value if value is not None and valid(value) else None
+            if field in saltconsul_env.FIELDS:
+                if value is None:
+                    parsed["sources"].pop(field, None)
+                else:
+                    parsed["sources"][field] = "master"
+    return parsed
 
 
 def service_name(service, hostname=None):
@@ -1477,9 +1496,8 @@ def health_state(state="any", dc=None, consistency=None, token=None):
 
 
 def _own_env():
-    """This minion's environment: the ``env`` grain, else parsed from the minion ID."""
-    grain = __grains__.get("env")
-    return grain if isinstance(grain, dict) else env()
+    """This minion's environment (the master's view where pillar carries it)."""
+    return env()
 
 
 def _env_tags(environment):

@@ -240,7 +240,7 @@ def environment(minion_id, opts, grains=None, from_grains=False):
     if not saltconsul_env.is_label(values.get("host") or ""):
         values["host"] = None
     postfix = values.get("postfix")
-    if postfix is not None and not all(saltconsul_env.is_label(part) for part in postfix.split(".")):
+    if postfix is not None and not saltconsul_env.is_postfix(postfix):
         # A consul:env:postfix template with "/" or ".." in it must not add or
         # climb KV folders: only dot-separated labels are a postfix.
         log.warning("consul ext_pillar: postfix %r is not dot-separated DNS labels; layers naming {postfix} skipped", postfix)

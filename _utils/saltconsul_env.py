@@ -88,6 +88,11 @@ def _compile(env_conf):
     return compiled
 
 
+def is_postfix(value):
+    """True if ``value`` is dot-separated DNS labels (``prod.gg.mydc1``)."""
+    return isinstance(value, str) and all(is_label(part) for part in value.split("."))
+
+
 def is_service_name(name):
     """
     True if ``name`` can be a service's DNS name (``<name>.service.consul``):

@@ -9,7 +9,6 @@
     consul_register:
       id_format: '{service}@{minion_id}'   # service IDs; {service} {minion_id} {host}
       env_tags: true                       # add the env type and group as tags
-      env_pillar_key: consul_env           # where the ext_pillar puts the master-derived env
       prune: true                          # deregister own services not in pillar
       services:
         web:
@@ -21,16 +20,14 @@
               interval: 10s
 -#}
 {#-
-  The environment (tags, meta env) comes from the master when the consul
-  ext_pillar runs with `env_key: consul_env`: derived there from the
-  authenticated minion ID, so a minion that claims another environment in
-  its grains or its own consul:env config cannot register into it. Without
-  that pillar key, the minion's own consul.env() is used.
+  The environment (tags, meta env) is consul.env(): the one the master derived
+  from the authenticated minion ID (pillar consul_env, put there by the consul
+  ext_pillar), so a minion that claims another environment in its grains or
+  its own consul:env config cannot register into it.
 -#}
 {%- set conf = salt['pillar.get']('consul_register', {}) %}
 {%- set services = conf.get('services', {}) or {} %}
-{%- set master_env = salt['pillar.get'](conf.get('env_pillar_key', 'consul_env'), {}) %}
-{%- set env = master_env if master_env else salt['consul.env']() %}
+{%- set env = salt['consul.env']() %}
 {%- set minion_id = opts['id'] %}
 {%- set env_tags = [] %}
 {%- if conf.get('env_tags', True) %}

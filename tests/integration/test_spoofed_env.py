@@ -94,10 +94,12 @@ def _call(minion, *args):
 
 
 def test_claimed_environment_gets_no_pillar_and_cannot_register(spoofer, spoof_consul):
-    # The claim is in effect on the minion itself...
+    # The claim is in effect in the minion's own grains...
     assert _call(spoofer, "grains.get", "env:type") == "prod"
-    assert _call(spoofer, "consul.env")["type"] == "prod"
-    # ...but the master derives the environment from the authenticated ID.
+    # ...but the master derives the environment from the authenticated ID, and
+    # consul.env (what formulas, states and discovery use) follows the master.
+    env = _call(spoofer, "consul.env")
+    assert (env["type"], env["sources"]["type"]) == ("dev", "master")
     assert _call(spoofer, "saltutil.refresh_pillar", "wait=True") is True
     pillar = _call(spoofer, "pillar.items")
     assert pillar["consul_env"]["type"] == "dev" and pillar["consul_env"]["postfix"] == "dev.gg.mydc1"
