@@ -1,0 +1,10 @@
+{#-
+  bootstrap.leave: deregister every service this minion registered through
+  salt-consul (meta salt_minion: <this minion>), e.g. from a shutdown hook:
+      ExecStop=/usr/bin/salt-call state.apply bootstrap.leave
+  Services registered by anything else are not touched. To take the whole
+  node out of Consul, run `consul leave` on its agent instead (or after).
+-#}
+bootstrap-leave:
+  consul.services_pruned:
+    - keep: []
