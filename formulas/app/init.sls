@@ -23,7 +23,7 @@
 {%- if not env.get('postfix') %}
 app-environment-unknown:
   test.fail_without_changes:
-    - name: "minion ID {{ grains['id'] }} does not name a complete environment (type.group.datacenter)"
+    - name: "minion ID {{ opts['id'] }} does not name a complete environment (type.group.datacenter)"
     - failhard: true
 {%- endif %}
 

@@ -25,7 +25,7 @@
 -#}
 {%- set conf = salt['pillar.get']('bootstrap', {}) %}
 {%- set env = salt['consul.env']() %}
-{%- set me = grains['id'] %}
+{%- set me = opts['id'] %}
 {%- set role_name = env.get('role') or 'default' %}
 {%- set roles = conf.get('roles', {}) or {} %}
 {%- set role = roles.get(role_name) or roles.get('default') or {} %}

@@ -10,7 +10,7 @@
 
 {%- for service, spec in (conf.get('services', {}) or {}) | dictsort %}
 {%-   set spec = spec or {} %}
-{%-   set sid = spec.get('id') or id_format.format(service=service, minion_id=grains['id'], host=env.get('host') or grains['id']) %}
+{%-   set sid = spec.get('id') or id_format.format(service=service, minion_id=opts['id'], host=env.get('host') or opts['id']) %}
 
 consul-primary-{{ service }}:
   consul.single_holder_service:

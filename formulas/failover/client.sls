@@ -22,7 +22,7 @@
 {%- from "failover/map.jinja" import lock_key %}
 {%- set conf = salt['pillar.get']('consul_failover', {}) %}
 {%- set env = salt['consul.env']() %}
-{%- set me = grains['id'] %}
+{%- set me = opts['id'] %}
 
 {%- for service, spec in (conf.get('clients', {}) or {}) | dictsort %}
 {%-   set spec = spec or {} %}

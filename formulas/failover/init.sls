@@ -31,7 +31,7 @@
 {%- from "failover/map.jinja" import lock_key %}
 {%- set conf = salt['pillar.get']('consul_failover', {}) %}
 {%- set env = salt['consul.env']() %}
-{%- set me = grains['id'] %}
+{%- set me = opts['id'] %}
 {%- set id_format = conf.get('id_format', '{service}@{minion_id}') %}
 
 {%- macro step(sid, spec, requisite, target) %}
