@@ -5,6 +5,7 @@ tests, and real salt-master / salt-minion daemons for integration tests.
 Nothing here mocks Consul or Salt.
 """
 
+import contextlib
 import copy
 import logging
 import os
@@ -47,6 +48,64 @@ def loader_dir_opts():
         "engines_dirs": [str(REPO / "_engines")],
         "runner_dirs": [str(REPO / "_runners")],
     }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def own_consul(name, tmp_path_factory, kv=None, **kwargs):
+    """
+    A Consul agent of a test module's own (one it may stop, pause or restart),
+    seeded with ``kv`` (checked in Consul), removed afterwards.
+    """
+    agent = localconsul.LocalConsul(name, log_dir=str(tmp_path_factory.mktemp(f"consul-{name}")), **kwargs)
+    agent.start()
+    try:
+        for key, value in (kv or {}).items():
+            assert agent.api("PUT", f"/v1/kv/{key}", value.encode())[0] == 200
+            assert agent.api("GET", f"/v1/kv/{key}?raw") == (200, value.encode())
+        yield agent
+    finally:
+        agent.cleanup()
+
+
+def consul_opts(agent, **extra):
+    """The ``consul:`` config section for daemons talking to ``agent``."""
+    return dict({"address": agent.http_addr, "retries": 0}, **extra)
+
+
+@contextlib.contextmanager
+def synced_master(salt_factories, master_id, agent, state_tree, pillar_root, **overrides):
+    """
+    A started salt-master on ``agent`` with this checkout on its file_roots and
+    the consul ext_pillar, after ``salt-run saltutil.sync_all``; ``overrides``
+    replace config keys.
+    """
+    config = {
+        "file_roots": {"base": [str(state_tree)]},
+        "pillar_roots": {"base": [str(pillar_root)]},
+        "consul": consul_opts(agent),
+        "ext_pillar": [{"consul": {}}],
+        "log_level_logfile": "debug",
+    }
+    config.update(overrides)
+    factory = salt_factories.salt_master_daemon(master_id, overrides=config)
+    with factory.started():
+        ret = factory.salt_run_cli().run("saltutil.sync_all")
+        assert ret.returncode == 0, ret
+        yield factory
+
+
+@contextlib.contextmanager
+def synced_minion(master, agent, minion_id, consul=None, **overrides):
+    """A started salt-minion of ``master`` after ``saltutil.sync_all``."""
+    config = dict({"consul": consul or consul_opts(agent), "log_level_logfile": "debug"}, **overrides)
+    factory = master.salt_minion_daemon(minion_id, overrides=config)
+    with factory.started():
+        ret = factory.salt_call_cli(timeout=120).run("saltutil.sync_all")
+        assert ret.returncode == 0, ret
+        yield factory
 
 
 # --------------------------------------------------------------------------- Consul
@@ -150,48 +209,19 @@ def pillar_tree(tmp_path_factory):
 @pytest.fixture(scope="session")
 def salt_master(salt_factories, consul_agent, state_tree, pillar_tree):
     """A real salt-master whose ext_pillar and modules come from this checkout (synced)."""
-    factory = salt_factories.salt_master_daemon(
-        "master",
-        overrides={
-            "file_roots": {"base": [str(state_tree)]},
-            "pillar_roots": {"base": [str(pillar_tree)]},
-            "consul": {"address": consul_agent.http_addr, "retries": 0},
-            "ext_pillar": [{"consul": {}}],
-            "log_level_logfile": "debug",
-        },
-    )
-    with factory.started():
-        ret = factory.salt_run_cli().run("saltutil.sync_all")
-        assert ret.returncode == 0, ret
+    with synced_master(salt_factories, "master", consul_agent, state_tree, pillar_tree) as factory:
         yield factory
-
-
-def _minion(salt_master, consul_agent, minion_id):
-    factory = salt_master.salt_minion_daemon(
-        minion_id,
-        overrides={
-            "consul": {"address": consul_agent.http_addr, "retries": 0},
-            "log_level_logfile": "debug",
-        },
-    )
-    return factory
 
 
 @pytest.fixture(scope="session")
 def prod_minion(salt_master, consul_agent):
-    factory = _minion(salt_master, consul_agent, PROD_MINION)
-    with factory.started():
-        ret = factory.salt_call_cli().run("saltutil.sync_all")
-        assert ret.returncode == 0, ret
+    with synced_minion(salt_master, consul_agent, PROD_MINION) as factory:
         yield factory
 
 
 @pytest.fixture(scope="session")
 def dev_minion(salt_master, consul_agent):
-    factory = _minion(salt_master, consul_agent, DEV_MINION)
-    with factory.started():
-        ret = factory.salt_call_cli().run("saltutil.sync_all")
-        assert ret.returncode == 0, ret
+    with synced_minion(salt_master, consul_agent, DEV_MINION) as factory:
         yield factory
 
 

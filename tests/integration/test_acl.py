@@ -9,6 +9,7 @@ import pathlib
 import uuid
 
 import pytest
+from conftest import consul_opts, synced_master, synced_minion
 
 RO_TOKEN = str(uuid.uuid4())
 RW_TOKEN = str(uuid.uuid4())
@@ -41,18 +42,11 @@ def tokens(consul_acl_agent):
 def acl_master(salt_factories, consul_acl_agent, tokens, state_tree, tmp_path_factory):
     pillar = tmp_path_factory.mktemp("acl-pillar")
     (pillar / "top.sls").write_text("base: {}\n")
-    factory = salt_factories.salt_master_daemon(
-        "acl-master",
-        overrides={
-            "file_roots": {"base": [str(state_tree)]},
-            "pillar_roots": {"base": [str(pillar)]},
-            # Token through the config.
-            "consul": {"address": consul_acl_agent.http_addr, "token": tokens["rw"], "retries": 0},
-            "log_level_logfile": "debug",
-        },
-    )
-    with factory.started():
-        assert factory.salt_run_cli().run("saltutil.sync_all").returncode == 0
+    # Token through the config.
+    with synced_master(
+        salt_factories, "acl-master", consul_acl_agent, state_tree, pillar,
+        consul=consul_opts(consul_acl_agent, token=tokens["rw"]), ext_pillar=[],
+    ) as factory:
         yield factory
 
 
@@ -61,16 +55,9 @@ def ro_minion(acl_master, consul_acl_agent, tokens, tmp_path_factory):
     token_file = tmp_path_factory.mktemp("ro-token") / "token"
     token_file.write_text(tokens["ro"] + "\n")
     token_file.chmod(0o600)
-    factory = acl_master.salt_minion_daemon(
-        "app01.prod.gg.acl1.example.com",
-        overrides={
-            # Token through a token file.
-            "consul": {"address": consul_acl_agent.http_addr, "token_file": str(token_file), "retries": 0},
-            "log_level_logfile": "debug",
-        },
-    )
-    with factory.started():
-        assert factory.salt_call_cli().run("saltutil.sync_all").returncode == 0
+    # Token through a token file.
+    consul = consul_opts(consul_acl_agent, token_file=str(token_file))
+    with synced_minion(acl_master, consul_acl_agent, "app01.prod.gg.acl1.example.com", consul=consul) as factory:
         yield factory
 
 
@@ -78,7 +65,7 @@ def ro_minion(acl_master, consul_acl_agent, tokens, tmp_path_factory):
 def rw_minion(acl_master, consul_acl_agent, tokens):
     factory = acl_master.salt_minion_daemon(
         "app02.prod.gg.acl1.example.com",
-        overrides={"consul": {"address": consul_acl_agent.http_addr, "retries": 0}, "log_level_logfile": "debug"},
+        overrides={"consul": consul_opts(consul_acl_agent), "log_level_logfile": "debug"},
     )
     # Token through Consul's own environment variable (a copy: the manager's dict is shared).
     factory.environ = dict(factory.environ, CONSUL_HTTP_TOKEN=tokens["rw"])

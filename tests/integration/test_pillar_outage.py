@@ -8,8 +8,7 @@ a never-seen minion during an outage (a clear pillar error; no highstate).
 import os
 
 import pytest
-
-import localconsul
+from conftest import consul_opts, own_consul, synced_master, synced_minion
 
 SPOOF = "web02.prod.gg.mydc1.example.com"
 NEVER_SEEN = "web09.prod.gg.mydc1.example.com"
@@ -25,50 +24,25 @@ KV = {
 
 @pytest.fixture(scope="module")
 def outage_consul(tmp_path_factory):
-    agent = localconsul.LocalConsul("outage", log_dir=str(tmp_path_factory.mktemp("consul-outage")))
-    agent.start()
-    for key, value in KV.items():
-        assert agent.api("PUT", f"/v1/kv/{key}", value.encode())[0] == 200
-        assert agent.api("GET", f"/v1/kv/{key}?raw") == (200, value.encode())
-    yield agent
-    agent.cleanup()
+    with own_consul("outage", tmp_path_factory, kv=KV) as agent:
+        yield agent
 
 
 @pytest.fixture(scope="module")
 def outage_master(salt_factories, outage_consul, state_tree, pillar_tree):
-    factory = salt_factories.salt_master_daemon(
-        "outage-master",
-        overrides={
-            "file_roots": {"base": [str(state_tree)]},
-            "pillar_roots": {"base": [str(pillar_tree)]},
-            "consul": {"address": outage_consul.http_addr, "retries": 0},
-            "ext_pillar": [{"consul": {}}],
-            "log_level_logfile": "debug",
-        },
-    )
-    with factory.started():
-        ret = factory.salt_run_cli().run("saltutil.sync_all")
-        assert ret.returncode == 0, ret
+    with synced_master(salt_factories, "outage-master", outage_consul, state_tree, pillar_tree) as factory:
         yield factory
-
-
-def _minion(master, consul, minion_id, **overrides):
-    return master.salt_minion_daemon(
-        minion_id,
-        overrides=dict({"consul": {"address": consul.http_addr, "retries": 0}}, **overrides),
-    )
 
 
 @pytest.fixture(scope="module")
 def spoof_minion(outage_master, outage_consul):
     """A prod minion (by ID) whose grains claim dev."""
-    factory = _minion(
+    with synced_minion(
         outage_master,
         outage_consul,
         SPOOF,
         grains={"env": {"type": "dev", "group": "gg", "datacenter": "mydc1", "postfix": "dev.gg.mydc1"}},
-    )
-    with factory.started():
+    ) as factory:
         yield factory
 
 
@@ -125,7 +99,8 @@ def test_never_seen_minion_gets_a_clear_pillar_error(outage_master, outage_consu
     show = outage_master.salt_run_cli(timeout=120).run("pillar.show_pillar", NEVER_SEEN)
     assert any("no last good copy" in err for err in show.data.get("_errors", [])), show.data
 
-    factory = _minion(outage_master, outage_consul, NEVER_SEEN)
+    # Started during the outage, so no sync (nothing it needs is synced anyway).
+    factory = outage_master.salt_minion_daemon(NEVER_SEEN, overrides={"consul": consul_opts(outage_consul)})
     with factory.started():
         items = _call(factory, "pillar.items").data
         errors = items.get("_errors") or []

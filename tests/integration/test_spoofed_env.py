@@ -16,7 +16,7 @@ pillar) is in ``test_pillar_outage.py``.
 
 import pytest
 
-import localconsul
+from conftest import consul_opts, own_consul, synced_master, synced_minion
 
 SPOOF = "web01.dev.gg.mydc1.example.com"
 CLAIM = {"type": "prod", "group": "gg", "datacenter": "mydc1", "postfix": "prod.gg.mydc1"}
@@ -42,13 +42,8 @@ consul_register:
 
 @pytest.fixture(scope="module")
 def spoof_consul(tmp_path_factory):
-    agent = localconsul.LocalConsul("spoof", log_dir=str(tmp_path_factory.mktemp("consul-spoof")))
-    agent.start()
-    for key, value in KV.items():
-        assert agent.api("PUT", f"/v1/kv/{key}", value.encode())[0] == 200
-        assert agent.api("GET", f"/v1/kv/{key}?raw") == (200, value.encode())
-    yield agent
-    agent.cleanup()
+    with own_consul("spoof", tmp_path_factory, kv=KV) as agent:
+        yield agent
 
 
 @pytest.fixture(scope="module")
@@ -56,34 +51,16 @@ def spoof_master(salt_factories, spoof_consul, state_tree, tmp_path_factory):
     pillar_root = tmp_path_factory.mktemp("spoof-pillar")
     (pillar_root / "top.sls").write_text("base:\n  '*':\n    - register\n")
     (pillar_root / "register.sls").write_text(REGISTER_PILLAR)
-    factory = salt_factories.salt_master_daemon(
-        "spoof-master",
-        overrides={
-            "file_roots": {"base": [str(state_tree)]},
-            "pillar_roots": {"base": [str(pillar_root)]},
-            "consul": {"address": spoof_consul.http_addr, "retries": 0},
-            "ext_pillar": [{"consul": {"env_key": "consul_env"}}],
-            "log_level_logfile": "debug",
-        },
-    )
-    with factory.started():
-        ret = factory.salt_run_cli().run("saltutil.sync_all")
-        assert ret.returncode == 0, ret
+    with synced_master(salt_factories, "spoof-master", spoof_consul, state_tree, pillar_root) as factory:
         yield factory
 
 
 @pytest.fixture(scope="module")
 def spoofer(spoof_master, spoof_consul):
-    factory = spoof_master.salt_minion_daemon(
-        SPOOF,
-        overrides={
-            "consul": {"address": spoof_consul.http_addr, "retries": 0, "env": {"type": "prod"}},
-            "grains": {"env": CLAIM},
-        },
-    )
-    with factory.started():
-        ret = factory.salt_call_cli(timeout=120).run("saltutil.sync_all")
-        assert ret.returncode == 0, ret
+    # The claim: prod in its own grains and in its own consul:env config.
+    with synced_minion(
+        spoof_master, spoof_consul, SPOOF, consul=consul_opts(spoof_consul, env={"type": "prod"}), grains={"env": CLAIM}
+    ) as factory:
         yield factory
 
 
