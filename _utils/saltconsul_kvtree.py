@@ -40,6 +40,7 @@ A folder placeholder key (``db/``, as the Consul UI creates) gives an empty dict
 
 import base64
 import binascii
+import json
 import logging
 import re
 
@@ -242,25 +243,31 @@ def build_tree(entries, root, mode="auto", leaf_key=DEFAULT_LEAF_KEY, warnings=N
     # ids of dicts that are folders (as opposed to decoded JSON objects), so a
     # leaf that decoded to a dict is still recognised as a leaf.
     folders = {id(tree)}
+    # Folder nodes by relative path: Consul lists keys sorted, so siblings
+    # share a parent and each key costs one lookup instead of a walk.
+    nodes = {"": tree}
     fast = mode == "auto"
+    loads = json.loads
     for key, raw in entries:
         if not key.startswith(base):
             continue
         rel = key[cut:]
         if not rel:
             continue
-        parts = rel.split("/")
-        node = tree
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-                folders.add(id(child))
-            elif id(child) not in folders:
-                child = node[part] = {leaf_key: child}
-                folders.add(id(child))
-            node = child
-        last = parts[-1]
+        parent, _, last = rel.rpartition("/")
+        node = nodes.get(parent)
+        if node is None:
+            node = tree
+            for part in parent.split("/"):
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                    folders.add(id(child))
+                elif id(child) not in folders:
+                    child = node[part] = {leaf_key: child}
+                    folders.add(id(child))
+                node = child
+            nodes[parent] = node
         if last == "":
             # A folder placeholder ("db/"): the folder itself; a value stored on
             # it (rare) is kept like a leaf's.
@@ -275,8 +282,12 @@ def build_tree(entries, root, mode="auto", leaf_key=DEFAULT_LEAF_KEY, warnings=N
             except UnicodeDecodeError:
                 value = decode_value(raw, mode, key, warnings)
             else:
-                if value[:1] in _JSON_START or (value[:1].isspace() and value.lstrip()[:1] in _JSON_START):
-                    value = decode_value(value, mode, key, warnings)
+                head = value[:1]
+                if head in _JSON_START or (head.isspace() and value.lstrip()[:1] in _JSON_START):
+                    try:
+                        value = loads(value)
+                    except ValueError:
+                        value = decode_value(value, mode, key, warnings)  # keeps the string, warns
         else:
             value = decode_value(raw, mode, key, warnings)
         existing = node.get(last)
