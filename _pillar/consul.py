@@ -90,7 +90,7 @@ DEFAULTS = {
     "stale_key": "consul_pillar",
     "revalidate": "watch",
     "watch_prefix": None,
-    "watch_wait": 300,
+    "watch_wait": 60,
     "cache_dir": None,
     "env_key": "consul_env",
 }

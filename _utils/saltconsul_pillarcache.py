@@ -167,7 +167,7 @@ class Store:
     prefix. Get one with :func:`get_store`.
     """
 
-    def __init__(self, opts, cache_dir, watch_prefix, revalidate="watch", watch_wait=300):
+    def __init__(self, opts, cache_dir, watch_prefix, revalidate="watch", watch_wait=60):
         self.opts = opts
         # Clients cached in module-level contexts: one for compiles, one for the
         # watch thread (a blocking query must not hold a compile's connection).
@@ -374,7 +374,7 @@ def _group(results, roots):
     return groups
 
 
-def get_store(opts, cache_dir, watch_prefix, revalidate="watch", watch_wait=300):
+def get_store(opts, cache_dir, watch_prefix, revalidate="watch", watch_wait=60):
     """The process-wide :class:`Store` for this Consul config, cache dir and watch prefix."""
     conf = saltconsul_config.parse_config(opts)
     key = (
