@@ -13,6 +13,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -68,6 +69,16 @@ def own_consul(name, tmp_path_factory, kv=None, **kwargs):
         yield agent
     finally:
         agent.cleanup()
+
+
+def wait_for(predicate, timeout=15.0, step=0.1):
+    """Poll ``predicate`` until it is truthy, at most ``timeout`` seconds; return its last value."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(step)
+        value = predicate()
+    return value
 
 
 def consul_opts(agent, **extra):

@@ -19,6 +19,7 @@ import time
 import uuid
 
 import pytest
+from conftest import wait_for as _wait
 from salt.exceptions import CommandExecutionError
 
 import localconsul
@@ -230,15 +231,6 @@ def _services(agent):
 def _kv_raw(agent, key):
     status, raw = agent.api("GET", f"/v1/kv/{key}?raw")
     return raw if status == 200 else None
-
-
-def _wait(predicate, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 UNREACHABLE = re.compile(r"Consul unreachable: .*(timed out|cannot reach Consul)")

@@ -1,9 +1,9 @@
 """consul.service_*, consul.check_* and consul.health_* against a real Consul agent."""
 
-import time
 import uuid
 
 import pytest
+from conftest import wait_for as _wait
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 
@@ -23,16 +23,6 @@ def uniq(consul_agent):
     for cid in consul_agent.api_json("GET", "/v1/agent/checks"):
         if cid.startswith(name):
             consul_agent.api("PUT", f"/v1/agent/check/deregister/{cid}")
-
-
-def _wait(predicate, timeout=10):
-    """Poll (bounded) until the agent has run a check; returns the last value."""
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = predicate()
-    return value
 
 
 def test_service_register_full(consul, consul_agent, uniq):

@@ -10,10 +10,10 @@ execution modules (and so the client) of the ``loaders`` fixture.
 
 import base64
 import copy
-import time
 import uuid
 
 import pytest
+from conftest import wait_for
 from dnsquery import query as dns_query
 import salt.loader
 
@@ -141,16 +141,6 @@ def agent_checks(consul_agent, sid):
         for cid, check in consul_agent.api_json("GET", "/v1/agent/checks").items()
         if check["ServiceID"] == sid
     }
-
-
-def wait_for(predicate, timeout=15.0, step=0.1):
-    """Poll ``predicate`` until it is truthy, at most ``timeout`` seconds; return its last value."""
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(step)
-        value = predicate()
-    return value
 
 
 # --------------------------------------------------------------------------- services

@@ -19,8 +19,8 @@ Waits are bounded polls on the end state; nothing asserts a duration.
 import contextlib
 
 import pytest
+from conftest import own_consul
 
-import localconsul
 from standin_failover import (
     CLIENT,
     PRIMARY,
@@ -40,10 +40,8 @@ MASTER_ID = "failover-master"
 
 @pytest.fixture(scope="module")
 def fo_consul(tmp_path_factory):
-    agent = localconsul.LocalConsul("dc1", node_name="failover-dc1", log_dir=str(tmp_path_factory.mktemp("fo-consul")))
-    agent.start()
-    yield agent
-    agent.cleanup()
+    with own_consul("dc1", tmp_path_factory, node_name="failover-dc1") as agent:
+        yield agent
 
 
 @pytest.fixture(scope="module")

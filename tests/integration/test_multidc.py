@@ -13,10 +13,10 @@ dc2's state is always read from dc2's own agent.
 
 import json
 import pathlib
-import time
 import uuid
 
 import pytest
+from conftest import wait_for as _wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MASTER_ID = "multidc-master"
@@ -67,15 +67,6 @@ def _raw(agent, key):
     return raw if status == 200 else None
 
 
-def _wait_for(check, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def test_salt_run_replicates_idempotently_and_propagates_deletes(multidc_master, consul_dc_pair):
     dc1, dc2 = consul_dc_pair
     run = multidc_master.salt_run_cli(timeout=120)
@@ -106,13 +97,13 @@ def test_engine_and_reactor_replicate_changes_by_themselves(multidc_master, cons
     sub = f"{AUTO}{uuid.uuid4().hex[:6]}/"
     assert dc1.api("PUT", f"/v1/kv/{sub}keep", b"k")[0] == 200
     assert dc1.api("PUT", f"/v1/kv/{sub}pool_size", b"20")[0] == 200
-    assert _wait_for(lambda: _raw(dc2, f"{sub}pool_size") == b"20"), "the write in dc1 never reached dc2"
+    assert _wait_for(lambda: _raw(dc2, f"{sub}pool_size") == b"20", timeout=90), "the write in dc1 never reached dc2"
 
     assert dc1.api("PUT", f"/v1/kv/{sub}pool_size", b"30")[0] == 200
-    assert _wait_for(lambda: _raw(dc2, f"{sub}pool_size") == b"30"), "the update in dc1 never reached dc2"
+    assert _wait_for(lambda: _raw(dc2, f"{sub}pool_size") == b"30", timeout=90), "the update in dc1 never reached dc2"
 
     assert dc1.api("DELETE", f"/v1/kv/{sub}pool_size")[0] == 200
-    assert _wait_for(lambda: _raw(dc2, f"{sub}pool_size") is None), "the delete in dc1 never reached dc2"
+    assert _wait_for(lambda: _raw(dc2, f"{sub}pool_size") is None, timeout=90), "the delete in dc1 never reached dc2"
     assert _raw(dc2, f"{sub}keep") == b"k"
 
 

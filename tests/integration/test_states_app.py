@@ -10,26 +10,17 @@ import json
 import os
 import stat
 import subprocess
-import time
 import urllib.request
 import uuid
 
 import pytest
+from conftest import wait_for as _wait_for
 
 import localconsul
 
 PROD = "web01.prod.gg.mydc1.example.com"
 DEV = "web01.dev.gg.mydc1.example.com"
 PREFIX = "secrets/demoapp-it"
-
-
-def _wait_for(predicate, timeout=30.0, step=0.2):
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(step)
-        value = predicate()
-    return value
 
 
 @pytest.fixture
@@ -124,7 +115,7 @@ def test_app_formula_two_environments(salt_cli, prod_minion, dev_minion, consul_
             checks = [c for c in consul_agent.api_json("GET", "/v1/health/checks/demoapp") if c["ServiceID"] == sid]
             return checks and all(c["Status"] == "passing" for c in checks)
 
-        assert _wait_for(passing), consul_agent.api_json("GET", "/v1/health/checks/demoapp")
+        assert _wait_for(passing, timeout=30), consul_agent.api_json("GET", "/v1/health/checks/demoapp")
 
     # Nothing changed: the second apply changes nothing and the app keeps passing.
     again = _apply(salt_cli, PROD, app_env)

@@ -15,8 +15,8 @@ import pathlib
 import time
 
 import pytest
+from conftest import own_consul
 
-import localconsul
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MASTER_ID = "react-master"
@@ -28,12 +28,8 @@ KV_TAG = "salt/consul/kv/config"
 @pytest.fixture(scope="module")
 def react_consul(tmp_path_factory):
     # persist: a restart keeps the data, as a real agent restart does.
-    agent = localconsul.LocalConsul(
-        "dc1", node_name="react-dc1", persist=True, log_dir=str(tmp_path_factory.mktemp("react-consul"))
-    )
-    agent.start()
-    yield agent
-    agent.cleanup()
+    with own_consul("dc1", tmp_path_factory, node_name="react-dc1", persist=True) as agent:
+        yield agent
 
 
 @pytest.fixture(scope="module")
