@@ -5,8 +5,10 @@ tests, and real salt-master / salt-minion daemons for integration tests.
 Nothing here mocks Consul or Salt.
 """
 
+import base64
 import contextlib
 import copy
+import json
 import logging
 import os
 import pathlib
@@ -79,6 +81,16 @@ def wait_for(predicate, timeout=15.0, step=0.1):
         time.sleep(step)
         value = predicate()
     return value
+
+
+def lock_state(agent, key):
+    """``(session, value)`` of a lock key, read straight from Consul; ``(None, None)`` if absent."""
+    status, raw = agent.api("GET", f"/v1/kv/{key}")
+    if status != 200:
+        return None, None
+    entry = json.loads(raw)[0]
+    value = base64.b64decode(entry["Value"]).decode() if entry.get("Value") else None
+    return entry.get("Session"), value
 
 
 def consul_opts(agent, **extra):

@@ -9,7 +9,6 @@ as success, never a lost KV write. After Consul is back a re-run converges,
 and a further re-run makes no write (counted on the wire by the proxy).
 """
 
-import base64
 import copy
 import re
 import select
@@ -19,7 +18,7 @@ import time
 import uuid
 
 import pytest
-from conftest import wait_for as _wait
+from conftest import lock_state as _lock, wait_for as _wait
 from salt.exceptions import CommandExecutionError
 
 import localconsul
@@ -460,15 +459,6 @@ def test_slow_key_present_write_never_clobbers_a_newer_write(agent, proxy, loade
 
 
 # --------------------------------------------------------------------------- lock acquisition
-
-
-def _lock(agent, key):
-    status, _ = agent.api("GET", f"/v1/kv/{key}")
-    if status != 200:
-        return None, None
-    entry = agent.api_json("GET", f"/v1/kv/{key}")[0]
-    value = base64.b64decode(entry["Value"]).decode() if entry.get("Value") else None
-    return entry.get("Session"), value
 
 
 @pytest.mark.parametrize("where", ["acquire", "handover"])

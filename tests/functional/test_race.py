@@ -10,13 +10,13 @@ the lock did not move while it was read, Consul must show at most one holder
 and no passing instance of the service other than the holder's.
 """
 
-import base64
 import copy
 import multiprocessing
 import time
 import uuid
 
 import pytest
+from conftest import lock_state as _lock
 
 CONTENDERS = 10
 MAX_ROUNDS = 200  # per contender; the parent normally stops them much earlier
@@ -57,16 +57,6 @@ def _contender(base_opts, minion_id, service, key, stop, results):
             failed.append(ret["comment"])
         time.sleep(0.05)
     results.put((minion_id, ok, failed[-20:]))
-
-
-def _lock(agent, key):
-    """(session, value) of the lock key, read directly from Consul."""
-    status, _ = agent.api("GET", f"/v1/kv/{key}")
-    if status != 200:
-        return None, None
-    entry = agent.api_json("GET", f"/v1/kv/{key}")[0]
-    value = base64.b64decode(entry["Value"]).decode() if entry.get("Value") else None
-    return entry.get("Session"), value
 
 
 def _passing(agent, service):
