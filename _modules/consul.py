@@ -1495,11 +1495,6 @@ def health_state(state="any", dc=None, consistency=None, token=None):
 # --------------------------------------------------------------------------- discovery
 
 
-def _own_env():
-    """This minion's environment (the master's view where pillar carries it)."""
-    return env()
-
-
 def _env_tags(environment):
     """The tags an instance must carry for ``environment`` (see ``discover``)."""
     if environment is None or environment is False:
@@ -1513,7 +1508,7 @@ def _env_tags(environment):
         wanted = environment
     else:
         raise SaltInvocationError("environment must be True, False or a dict with type and/or group")
-    own = _own_env()
+    own = env()  # the master-derived environment where pillar carries it
     tags = []
     for field in ("type", "group"):
         value = wanted.get(field, own.get(field))
