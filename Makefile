@@ -1,29 +1,58 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each does its own
 # setup: a project-local virtualenv with the pinned requirements, and a Consul
-# binary in tools/bin (see tools/install-consul.sh).
+# binary in tools/bin (see tools/install-consul.sh). Every step is safe to
+# re-run after an interruption: a virtualenv counts as installed only once its
+# stamp file is written, after pip finished.
+#
+# Pins: requirements/*.in are hand-written; the *.txt locks are generated from
+# them by `make lock` (uv pip compile), never edited by hand.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+LOCK_3008 := requirements/salt3008-py3.11.txt
+LOCK_3006 := requirements/salt3006-py3.10.txt
 
-.PHONY: all venv consul test demo bench clean
+# Salt 3006 LTS runs on Python 3.10 here (3006 supports 3.10 and 3.11), so the
+# two sets together cover 3.10 and 3.11.
+PYTHON_3006 ?= $(shell for c in python3.10 $$(pyenv root 2>/dev/null)/versions/3.10*/bin/python3.10; do \
+	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
+VENV_3006 ?= .venv-salt3006
+PY_3006 := $(VENV_3006)/bin/python
+
+.PHONY: all venv venv-salt3006 consul test test-salt3006 demo bench lock clean
 
 all: test
 
-$(VENV)/.installed: requirements/runtime.txt requirements/test.txt
+$(VENV)/.installed: $(LOCK_3008)
+	rm -f $@
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements/test.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r $(LOCK_3008)
+	touch $@
+
+$(VENV_3006)/.installed: $(LOCK_3006)
+	@test -n "$(PYTHON_3006)" || { echo "no Python 3.10 found for the Salt 3006 set (set PYTHON_3006=...)" >&2; exit 1; }
+	rm -f $@
+	$(PYTHON_3006) -m venv $(VENV_3006)
+	$(PY_3006) -m pip install -q --disable-pip-version-check -r $(LOCK_3006)
 	touch $@
 
 venv: $(VENV)/.installed
+
+venv-salt3006: $(VENV_3006)/.installed
 
 tools/bin/consul:
 	bash tools/install-consul.sh
 
 consul: tools/bin/consul
 
+# The whole suite on the primary set (Salt 3008 LTS).
 test: venv consul
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The functional and integration tiers on Salt 3006 LTS.
+test-salt3006: venv-salt3006 consul
+	$(PY_3006) -m pytest $(PYTEST_ARGS) tests/functional tests/integration
 
 demo: venv consul
 	$(PY) tools/demo.py
@@ -31,5 +60,13 @@ demo: venv consul
 bench: venv consul
 	$(PY) bench/run.py
 
+# Regenerate the pins from requirements/*.in (needs network access to the index).
+# uv lives in a virtualenv of its own, so no system Python is touched.
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --disable-pip-version-check 'uv>=0.5'
+	cd requirements && ../.venv-lock/bin/uv pip compile -q --upgrade --python-version 3.11 salt3008.in -o salt3008-py3.11.txt
+	cd requirements && ../.venv-lock/bin/uv pip compile -q --upgrade --python-version 3.10 salt3006.in -o salt3006-py3.10.txt
+
 clean:
-	rm -rf $(VENV) tools/bin .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV_3006) .venv-lock tools/bin .pytest_cache .hypothesis

@@ -28,8 +28,15 @@ for f in /etc/apt/sources.list.d/*.sources; do
     [ -n "$mirror" ] && break
 done
 if [ -z "$mirror" ]; then
-    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-        | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^https?:\/\/.*\/debian\/?$/) {print $i; exit}}' | head -n 1)
+    # awk reads the files itself: a `cat | awk ... exit` pipe would kill cat
+    # with SIGPIPE, which pipefail turns into a failed install.
+    lists=()
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] && lists+=("$f")
+    done
+    if [ ${#lists[@]} -gt 0 ]; then
+        mirror=$(awk '$1 == "deb" && !found {for (i = 2; i <= NF; i++) if ($i ~ /^https?:\/\/.*\/debian\/?$/) {print $i; found = 1; break}}' "${lists[@]}")
+    fi
 fi
 if [ -z "$mirror" ]; then
     echo "install-consul: no Debian archive found in the apt sources; put a consul binary on PATH" >&2
@@ -55,5 +62,11 @@ apt_opts=(
 apt-get "${apt_opts[@]}" -qq update
 (cd "$work" && apt-get "${apt_opts[@]}" -qq download consul)
 dpkg -x "$work"/consul_*.deb "$work/root"
-install -m 0755 "$work/root/usr/bin/consul" "$bindir/consul"
-"$bindir/consul" version | head -n 1
+# Install under a temporary name and rename: an interrupted run never leaves a
+# half-written tools/bin/consul behind.
+install -m 0755 "$work/root/usr/bin/consul" "$bindir/.consul.tmp.$$"
+mv -f "$bindir/.consul.tmp.$$" "$bindir/consul"
+# No `| head` here: under pipefail, consul dying of SIGPIPE when head exits
+# first failed the whole install at random (make's "Error 141").
+version=$("$bindir/consul" version)
+echo "install-consul: ${version%%$'\n'*}"

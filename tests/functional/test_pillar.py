@@ -104,10 +104,19 @@ def test_our_module_is_loaded_not_salts_consul_pillar(master_config):
     import sys
 
     assert sys.modules[func.__module__].__file__ == str(REPO / "_pillar" / "consul.py")
-    # Salt's own consul_pillar.py also claims the virtual name "consul".
-    import salt.pillar.consul_pillar as salts
+    # Salt 3006/3007 ship their own consul_pillar.py claiming the virtual name
+    # "consul" (ours must win over it); Salt 3008 removed it from core.
+    import importlib.util
 
-    assert salts.__virtualname__ == "consul"
+    import salt.version
+
+    spec = importlib.util.find_spec("salt.pillar.consul_pillar")
+    if salt.version.__saltstack_version__.major >= 3008:
+        assert spec is None
+    else:
+        import salt.pillar.consul_pillar as salts
+
+        assert salts.__virtualname__ == "consul"
 
 
 def test_layers_by_environment_from_minion_id(consul_agent, kv_prefix, make_opts):
