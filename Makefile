@@ -20,7 +20,7 @@ PYTHON_3006 ?= $(shell for c in python3.10 $$(pyenv root 2>/dev/null)/versions/3
 VENV_3006 ?= .venv-salt3006
 PY_3006 := $(VENV_3006)/bin/python
 
-.PHONY: all venv venv-salt3006 consul test test-salt3006 demo bench lock clean
+.PHONY: all venv venv-salt3006 consul check-install test test-salt3006 demo bench lock clean
 
 all: test
 
@@ -45,6 +45,10 @@ tools/bin/consul:
 	bash tools/install-consul.sh
 
 consul: tools/bin/consul
+
+# The Consul install, 30 times in a row from an empty dir (it must never flake).
+check-install:
+	bash tools/check-install-consul.sh 30
 
 # The whole suite on the primary set (Salt 3008 LTS).
 test: venv consul

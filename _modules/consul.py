@@ -36,9 +36,11 @@ import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import saltconsul_client
+import saltconsul_duration
 import saltconsul_env
 import saltconsul_kv
 import saltconsul_kvtree
+import saltconsul_loader
 from saltconsul_errors import (
     ConsulCASConflict,
     ConsulError,
@@ -56,13 +58,13 @@ __virtualname__ = "consul"
 HIDDEN = "<hidden>"
 DISCOVER_CONTEXT_KEY = "saltconsul.discover"
 _MISSING = object()
-_DURATION = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|µs|ms|s|m|h))+$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _CHECK_STATUSES = ("passing", "warning", "critical")
 
 
 def __virtual__():
+    saltconsul_loader.warn_on_saltext_consul(log)
     return __virtualname__
 
 
@@ -82,7 +84,7 @@ def _kind(err):
         return "permission denied"
     if isinstance(err, ConsulCASConflict):
         return "CAS conflict"
-    if isinstance(err, ConsulNotFound) or _unknown_agent_object(err):
+    if isinstance(err, ConsulNotFound):
         return "not found (or not a TTL check)" if "associated ttl" in str(err).lower() else "not found"
     if isinstance(err, ConsulUnreachable):
         return "Consul unreachable"
@@ -91,15 +93,6 @@ def _kind(err):
     if isinstance(err, ConsulServerError):
         return "Consul server error"
     return "Consul error"
-
-
-def _unknown_agent_object(err):
-    # Consul 1.8 answers an unknown service/check ID on the agent API with 500
-    # (and a TTL update of an unknown check with "does not have associated TTL").
-    text = str(err).lower()
-    return isinstance(err, ConsulServerError) and (
-        "unknown service" in text or "unknown check" in text or "does not have associated ttl" in text
-    )
 
 
 def _fail(operation, err):
@@ -135,15 +128,10 @@ def _duration(value, what):
     """A Consul duration: ``"10s"``, ``"1m30s"``; a bare number means seconds."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise SaltInvocationError(f"{what} must be a duration such as '10s'")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise SaltInvocationError(f"{what} must not be negative")
-        return f"{value:g}s"
-    if isinstance(value, str) and _DURATION.match(value.strip()):
-        return value.strip()
-    raise SaltInvocationError(f"{what} must be a duration such as '10s' or '1m30s', got {value!r}")
+    try:
+        return saltconsul_duration.for_consul(value, what)
+    except saltconsul_duration.DurationError as err:
+        raise SaltInvocationError(str(err)) from None
 
 
 def _str_list(value, what):
@@ -1115,7 +1103,7 @@ def service_deregister(service_id, token=None):
     try:
         _client(token).put(path)
     except ConsulError as err:
-        if not _unknown_agent_object(err):
+        if not isinstance(err, ConsulNotFound):
             raise _fail("service_deregister", err) from err
     return True
 
@@ -1293,7 +1281,7 @@ def check_deregister(check_id, token=None):
     try:
         _client(token).put(path)
     except ConsulError as err:
-        if not _unknown_agent_object(err):
+        if not isinstance(err, ConsulNotFound):
             raise _fail("check_deregister", err) from err
     return True
 

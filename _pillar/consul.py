@@ -72,6 +72,7 @@ import time
 
 import saltconsul_env
 import saltconsul_kvtree
+import saltconsul_loader
 import saltconsul_pillarcache
 from salt.exceptions import SaltInvocationError
 from saltconsul_errors import ConsulError
@@ -97,6 +98,7 @@ DEFAULTS = {
 
 
 def __virtual__():
+    saltconsul_loader.warn_on_saltext_consul(log)
     return __virtualname__
 
 

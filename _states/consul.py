@@ -41,7 +41,9 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import saltconsul_duration
 import saltconsul_env
+import saltconsul_loader
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ _DEFAULT_WEIGHTS = {"Passing": 1, "Warning": 1}
 
 
 def __virtual__():
+    saltconsul_loader.warn_on_saltext_consul(log)
     return __virtualname__
 
 
@@ -298,6 +301,7 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
             or have.get("Name") != check["name"]
             or have.get("Type") != CHECK_KINDS[next(k for k in CHECK_KINDS if k in check)]
             or (have.get("Notes") or "") != (check.get("notes") or "")
+            or _agent_duration_differs(have, check)
         ):
             check_diff = True
     for cid, have in agent_checks.items():
@@ -312,6 +316,20 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
             "new": [_check_summary(check) for check in norm_checks],
         }
     return desired, current, changes, stale
+
+
+def _agent_duration_differs(have, check):
+    """
+    Whether the agent's own Interval/Timeout contradict the declared ones.
+    Consul 1.10+ return them (as Go durations: ``1m0s`` for ``60s``) in
+    ``/v1/agent/checks``; 1.8 does not, and then only the fingerprint in meta
+    can tell. Compared as durations, never as strings.
+    """
+    for field, key in (("Interval", "interval"), ("Timeout", "timeout")):
+        shown = have.get(field)
+        if shown and check.get(key) is not None and not saltconsul_duration.same(shown, check[key]):
+            return True
+    return False
 
 
 def _service_checks(service_id, token):
@@ -805,12 +823,10 @@ def key_absent(name, recurse=False, dc=None, token=None):
 
 def _seconds(duration):
     """A Consul duration (``15s``, ``500ms``, ``1m``) or a number, in seconds."""
-    if isinstance(duration, (int, float)):
-        return float(duration)
-    match = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|m)?\s*", str(duration))
-    if not match:
-        raise SaltInvocationError(f"not a duration: {duration!r}")
-    return float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]
+    try:
+        return saltconsul_duration.seconds(duration)
+    except saltconsul_duration.DurationError as err:
+        raise SaltInvocationError(str(err)) from None
 
 
 def _default_lock_key(name):

@@ -32,11 +32,11 @@ import time
 import httpx
 
 import saltconsul_config
+import saltconsul_duration
+import saltconsul_errors
 from saltconsul_errors import (
-    ConsulError,
     ConsulInvalidRequest,
     ConsulNotFound,
-    ConsulPermissionDenied,
     ConsulServerError,
     ConsulUnreachable,
 )
@@ -65,19 +65,6 @@ class Response:
         if not self.content:
             return None
         return jsonlib.loads(self.content)
-
-
-def _wait_seconds(wait):
-    if wait is None:
-        return 0.0
-    if isinstance(wait, (int, float)):
-        return float(wait)
-    text = str(wait).strip()
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
-    for unit in ("ms", "s", "m"):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * units[unit]
-    return float(text)
 
 
 _SSL_CONTEXTS = {}
@@ -211,7 +198,7 @@ class ConsulClient:
         timeout = self.timeout
         if index is not None:
             query["index"] = int(index)
-            wait_s = _wait_seconds(wait) if wait is not None else 300.0
+            wait_s = saltconsul_duration.seconds(wait, "wait") if wait is not None else 300.0
             query["wait"] = f"{wait_s:g}s"
             # Consul adds up to wait/16 of jitter before answering.
             timeout = httpx.Timeout(
@@ -279,21 +266,10 @@ class ConsulClient:
         text = _error_text(resp)
         if self._token and self._token in text:  # belt and braces: never echo a token
             text = text.replace(self._token, "<redacted>")
-        status = resp.status_code
-        kwargs = {"status": status, "method": method, "path": path}
-        lowered = text.lower()
-        # Consul 1.8 answers some ACL failures with 500 "Permission denied".
-        if status == 403 or "permission denied" in lowered or "acl not found" in lowered:
-            raise ConsulPermissionDenied(f"{where}: permission denied by Consul ACLs ({text})", **kwargs)
-        if status == 404:
-            if not_found_ok:
-                return None
-            raise ConsulNotFound(f"{where}: not found ({text})", **kwargs)
-        if status in (400, 405, 409, 413, 422):
-            raise ConsulInvalidRequest(f"{where}: rejected by Consul ({status}: {text})", **kwargs)
-        if status >= 500:
-            raise ConsulServerError(f"{where}: Consul server error ({status}: {text})", **kwargs)
-        raise ConsulError(f"{where}: unexpected answer ({status}: {text})", **kwargs)
+        err = saltconsul_errors.classify(resp.status_code, text, method, path)
+        if not_found_ok and isinstance(err, ConsulNotFound):
+            return None
+        raise err
 
     # Convenience wrappers returning decoded JSON (None for an empty body or a tolerated 404).
     def get(self, path, **kwargs):

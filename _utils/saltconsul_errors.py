@@ -41,3 +41,67 @@ class ConsulCASConflict(ConsulError):
 
 class ConsulInvalidRequest(ConsulError):
     """Consul (or our own validation) rejected the request as malformed or too large."""
+
+
+# Consul 1.8 to 1.10 answer an unknown service or check ID on the agent API with
+# 500 and one of these texts; 1.11+ answer 404 (hashicorp/consul#10337). Both
+# mean "not found". A TTL update of an unknown check says "does not have
+# associated TTL" on every version.
+_AGENT_NOT_FOUND_TEXTS = ("unknown service", "unknown check", "does not have associated ttl")
+# Texts that mean the ACL system refused the request, whatever the status
+# (Consul 1.8 answers some of these with 500).
+_DENIED_TEXTS = ("permission denied", "acl not found")
+
+
+def classify(status, text, method, path):
+    """
+    The exception for an error answer from Consul: one classification from
+    status, body text and path, so no caller ever matches message text.
+
+    status
+        The HTTP status (>= 400).
+    text
+        Consul's error text, already bounded and free of the token.
+    method / path
+        The request, named in the message.
+
+    Version quirks handled here (and unit-tested from the documented shapes):
+    500 vs 404 for unknown agent objects; 403 or 500 "Permission denied" and
+    "ACL not found"; 409 from ``/v1/txn`` (the transaction rolled back, for a
+    lost check-and-set among other reasons); 429 from the rate limiter (1.13+),
+    which is transient like a 5xx.
+    """
+    where = f"{method} {path}"
+    kwargs = {"status": status, "method": method, "path": path}
+    lowered = (text or "").lower()
+    if status == 403 or any(marker in lowered for marker in _DENIED_TEXTS):
+        return ConsulPermissionDenied(f"{where}: permission denied by Consul ACLs ({text})", **kwargs)
+    if status == 404 or (
+        status == 500 and path.startswith("/v1/agent/") and any(m in lowered for m in _AGENT_NOT_FOUND_TEXTS)
+    ):
+        return ConsulNotFound(f"{where}: not found ({text})", **kwargs)
+    if status == 409 and path.startswith("/v1/txn"):
+        return ConsulCASConflict(f"{where}: transaction rolled back ({text})", **kwargs)
+    if status in (400, 405, 409, 413, 422):
+        return ConsulInvalidRequest(f"{where}: rejected by Consul ({status}: {text})", **kwargs)
+    if status >= 500 or status == 429:
+        return ConsulServerError(f"{where}: Consul server error ({status}: {text})", **kwargs)
+    return ConsulError(f"{where}: unexpected answer ({status}: {text})", **kwargs)
+
+
+def is_not_found(err):
+    """Whether ``err`` (or the Consul error it was raised from) means "not found"."""
+    return isinstance(cause_of(err), ConsulNotFound)
+
+
+def cause_of(err):
+    """
+    The Consul error behind ``err``: itself, or the ``ConsulError`` a Salt
+    ``CommandExecutionError`` was raised from (``raise ... from err``), so a
+    state learns the kind from the type, never from the message.
+    """
+    seen = 0
+    while err is not None and not isinstance(err, ConsulError) and seen < 5:
+        err = err.__cause__
+        seen += 1
+    return err if isinstance(err, ConsulError) else None

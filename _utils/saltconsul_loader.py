@@ -36,3 +36,40 @@ def get_dirs():
         if os.path.isdir(path):
             dirs[ext_type] = [path]
     return dirs
+
+
+# --------------------------------------------------------------------------- the saltext-consul clash
+
+_CLASH_WARNED = []
+
+
+def saltext_consul_installed():
+    """Whether saltext-consul (the salt-extensions package) is importable here."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("saltext.consul") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def warn_on_saltext_consul(log):
+    """
+    Log one warning per process when saltext-consul is installed beside us.
+
+    Both claim the virtual name ``consul`` for the execution module, the states
+    and the ext_pillar. Since Salt 3006.7 a module synced from ``file_roots``
+    (``_modules/consul.py``) wins over an installed extension; two *installed*
+    extensions claiming one name load in an order Salt does not define. Called
+    from our loader modules' ``__virtual__`` (cheap: one ``find_spec``, once).
+    """
+    if _CLASH_WARNED or not saltext_consul_installed():
+        return False
+    _CLASH_WARNED.append(True)
+    log.warning(
+        "saltext-consul is installed too: it and salt-consul both claim the virtual name 'consul'. "
+        "A synced _modules/consul.py wins over an installed extension (Salt 3006.7+), two installed "
+        "extensions load in an undefined order. Keep one: salt-pip uninstall saltext.consul "
+        "(see README, 'Install')."
+    )
+    return True

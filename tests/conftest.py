@@ -10,7 +10,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import pathlib
 import shutil
 import sys
@@ -71,6 +70,29 @@ def own_consul(name, tmp_path_factory, kv=None, **kwargs):
         yield agent
     finally:
         agent.cleanup()
+
+
+def state_loader(opts, functions, utils, serializers, context):
+    """
+    ``salt.loader.states`` for one minion identity, under a module namespace of
+    its own. Salt 3008 gives a state module one plain ``__opts__`` per Python
+    module object, so two identities loading ``consul`` under the same name in
+    one process (these tests; never a real minion) would share the last one's
+    ``id``.
+    """
+    import hashlib
+
+    import salt.loader
+
+    tag = hashlib.sha256(str(opts.get("id")).encode()).hexdigest()[:10]
+    return salt.loader.states(
+        opts,
+        functions,
+        utils,
+        serializers,
+        context=context,
+        loaded_base_name=f"salt.loaded.sc{tag}",
+    )
 
 
 def wait_for(predicate, timeout=15.0, step=0.1):

@@ -8,7 +8,9 @@
 # `dpkg -x` the package into a scratch dir.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-bindir="$here/bin"
+# CONSUL_INSTALL_DIR: where to put it (tools/check-install-consul.sh uses empty
+# scratch dirs); tools/bin by default.
+bindir="${CONSUL_INSTALL_DIR:-$here/bin}"
 mkdir -p "$bindir"
 
 if [ -x "$bindir/consul" ] && "$bindir/consul" version >/dev/null 2>&1; then

@@ -12,6 +12,7 @@ is kept for restarts), so KV survives ``restart()`` only with ``persist=True``.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,13 +27,79 @@ DEFAULT_BIN = os.path.join(HERE, "bin", "consul")
 
 
 def consul_binary():
-    """tools/bin/consul (installed by tools/install-consul.sh), else one on PATH."""
+    """
+    ``$CONSUL_BIN`` when set (any Consul a user has: ``CONSUL_BIN=/path/to/consul
+    make test``), else tools/bin/consul (installed by tools/install-consul.sh),
+    else one on PATH.
+    """
+    chosen = os.environ.get("CONSUL_BIN")
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise RuntimeError(f"CONSUL_BIN={chosen!r} is not an executable file")
+        return chosen
     if os.access(DEFAULT_BIN, os.X_OK):
         return DEFAULT_BIN
     found = shutil.which("consul")
     if found:
         return found
     raise RuntimeError("no consul binary: run `bash tools/install-consul.sh` (make does it)")
+
+
+_VERSIONS = {}
+
+
+def consul_version(binary=None):
+    """The (major, minor, patch) of a Consul binary, from ``consul version`` (cached)."""
+    binary = binary or consul_binary()
+    if binary not in _VERSIONS:
+        out = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30, check=True).stdout
+        _VERSIONS[binary] = parse_version(out)
+    return _VERSIONS[binary]
+
+
+def parse_version(text):
+    """``Consul v1.15.2+ent`` (first line of ``consul version``) -> (1, 15, 2)."""
+    match = re.search(r"Consul v(\d+)\.(\d+)\.(\d+)", text or "")
+    if not match:
+        raise RuntimeError(f"cannot tell the Consul version from {text[:80]!r}")
+    return tuple(int(part) for part in match.groups())
+
+
+def adapt_config(conf, version):
+    """
+    Agent configuration written in Consul 1.8's vocabulary, rewritten for
+    ``version`` from Consul's documented changes (a new dict; pure, unit-tested):
+
+    * 1.11: ``acl.tokens.master`` -> ``initial_management``, ``agent_master`` ->
+      ``agent_recovery`` (the old names are deprecated);
+    * 1.12: the top-level TLS keys move into the ``tls {}`` stanza
+      (``tls.defaults``, ``tls.https``, ``tls.internal_rpc``);
+    * 1.14: ``ports.grpc_tls`` exists (8503 by default on servers): ``-1`` when
+      ``ports.grpc`` is, so several agents on one host never collide.
+    """
+    conf = json.loads(json.dumps(conf))
+    tokens = (conf.get("acl") or {}).get("tokens")
+    if tokens and version >= (1, 11, 0):
+        for old, new in (("master", "initial_management"), ("agent_master", "agent_recovery")):
+            if old in tokens:
+                tokens[new] = tokens.pop(old)
+    if version >= (1, 12, 0):
+        tls = {}
+        defaults = {k: conf.pop(k) for k in ("ca_file", "ca_path", "cert_file", "key_file", "verify_outgoing") if k in conf}
+        if "verify_incoming" in conf:
+            defaults["verify_incoming"] = conf.pop("verify_incoming")
+        if defaults:
+            tls["defaults"] = defaults
+        if "verify_incoming_https" in conf:
+            tls["https"] = {"verify_incoming": conf.pop("verify_incoming_https")}
+        if "verify_incoming_rpc" in conf:
+            tls["internal_rpc"] = {"verify_incoming": conf.pop("verify_incoming_rpc")}
+        if tls:
+            conf["tls"] = tls
+    ports = conf.get("ports")
+    if ports is not None and version >= (1, 14, 0) and ports.get("grpc") == -1:
+        ports.setdefault("grpc_tls", -1)
+    return conf
 
 
 def free_port(host="127.0.0.1"):
@@ -147,7 +214,7 @@ class LocalConsul:
             }
         for key, value in self.extra_config.items():
             conf[key] = value
-        return conf
+        return adapt_config(conf, consul_version())
 
     def start(self, timeout=60):
         if self.proc and self.proc.poll() is None:

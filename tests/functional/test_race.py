@@ -16,7 +16,7 @@ import time
 import uuid
 
 import pytest
-from conftest import lock_state as _lock
+from conftest import lock_state as _lock, state_loader
 
 CONTENDERS = 10
 MAX_ROUNDS = 200  # per contender; the parent normally stops them much earlier
@@ -44,7 +44,7 @@ def _contender(base_opts, minion_id, service, key, stop, results):
     utils = salt.loader.utils(opts, context=context)
     funcs = salt.loader.minion_mods(opts, utils=utils, context=context)
     serializers = salt.loader.serializers(opts)
-    states = salt.loader.states(opts, funcs, utils, serializers, context=context)
+    states = state_loader(opts, funcs, utils, serializers, context)
     ok = 0
     failed = []
     for _ in range(MAX_ROUNDS):

@@ -13,9 +13,8 @@ import copy
 import uuid
 
 import pytest
-from conftest import wait_for
+from conftest import state_loader, wait_for
 from dnsquery import query as dns_query
-import salt.loader
 
 import saltconsul_client
 
@@ -40,12 +39,12 @@ class StateCaller:
     def _states(self, test):
         if test not in self._by_mode:
             opts = dict(self.loaders.opts, test=test)
-            self._by_mode[test] = salt.loader.states(
+            self._by_mode[test] = state_loader(
                 opts,
-                functions=self.loaders.modules,
-                utils=self.loaders.utils,
-                serializers=self.loaders.serializers,
-                context=self.loaders.context,
+                self.loaders.modules,
+                self.loaders.utils,
+                self.loaders.serializers,
+                self.loaders.context,
             )
         return self._by_mode[test]
 
