@@ -36,11 +36,11 @@ import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import saltconsul_client
-import saltconsul_duration
 import saltconsul_env
 import saltconsul_kv
 import saltconsul_kvtree
 import saltconsul_loader
+import saltconsul_service
 from saltconsul_errors import (
     ConsulCASConflict,
     ConsulError,
@@ -59,8 +59,6 @@ HIDDEN = "<hidden>"
 DISCOVER_CONTEXT_KEY = "saltconsul.discover"
 _MISSING = object()
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_CHECK_STATUSES = ("passing", "warning", "critical")
 
 
 def __virtual__():
@@ -109,50 +107,44 @@ def _consul(operation):
         raise _fail(operation, err) from err
 
 
+@contextlib.contextmanager
+def _valid():
+    """Turn an invalid definition (``saltconsul_service.SpecError``) into SaltInvocationError."""
+    try:
+        yield
+    except saltconsul_service.SpecError as err:
+        raise SaltInvocationError(str(err)) from None
+
+
 def _seg(value, what):
     """One URL path segment (an ID or a name), validated and fully quoted."""
-    if not isinstance(value, str) or not value:
-        raise SaltInvocationError(f"{what} must be a non-empty string")
-    if value in (".", "..") or any(ord(ch) < 32 for ch in value):
-        raise SaltInvocationError(f"{what} {value!r} is not a valid name")
+    with _valid():
+        saltconsul_service.identifier(value, what)
     return urllib.parse.quote(value, safe="")
 
 
 def _opt_str(value, what):
-    if value is not None and not isinstance(value, str):
-        raise SaltInvocationError(f"{what} must be a string")
-    return value
+    with _valid():
+        return saltconsul_service.string(value, what)
 
 
 def _duration(value, what):
     """A Consul duration: ``"10s"``, ``"1m30s"``; a bare number means seconds."""
     if value is None:
         return None
-    try:
-        return saltconsul_duration.for_consul(value, what)
-    except saltconsul_duration.DurationError as err:
-        raise SaltInvocationError(str(err)) from None
+    with _valid():
+        return saltconsul_service.duration(value, what)
 
 
 def _str_list(value, what):
     """None, one string, or a list of strings -> list (or None)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise SaltInvocationError(f"{what} must be a string or a list of strings")
+    with _valid():
+        return saltconsul_service.str_list(value, what)
 
 
 def _uint(value, what, maximum=None):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SaltInvocationError(f"{what} must be a non-negative integer")
-    if maximum is not None and value > maximum:
-        raise SaltInvocationError(f"{what} must be at most {maximum}")
-    return value
+    with _valid():
+        return saltconsul_service.uint(value, what, maximum=maximum)
 
 
 def _dc(dc):
@@ -898,93 +890,6 @@ def lock_holder(key, dc=None, consistency=None, token=None):
 
 # --------------------------------------------------------------------------- agent services and checks
 
-# Our lowercase check keys -> Consul's CamelCase (agent API, Consul 1.8).
-_CHECK_FIELDS = {
-    "name": "Name",
-    "id": "CheckID",
-    "service_id": "ServiceID",
-    "http": "HTTP",
-    "tcp": "TCP",
-    "ttl": "TTL",
-    "grpc": "GRPC",
-    "args": "Args",
-    "alias_service": "AliasService",
-    "alias_node": "AliasNode",
-    "interval": "Interval",
-    "timeout": "Timeout",
-    "deregister_critical_service_after": "DeregisterCriticalServiceAfter",
-    "status": "Status",
-    "notes": "Notes",
-    "method": "Method",
-    "header": "Header",
-    "tls_skip_verify": "TLSSkipVerify",
-    "grpc_use_tls": "GRPCUseTLS",
-    "success_before_passing": "SuccessBeforePassing",
-    "failures_before_critical": "FailuresBeforeCritical",
-}
-_CHECK_TYPES = ("http", "tcp", "ttl", "grpc", "args", "alias_service")
-_NEEDS_INTERVAL = ("http", "tcp", "grpc", "args")
-_CHECK_DURATIONS = ("ttl", "interval", "timeout", "deregister_critical_service_after")
-
-
-def _check_body(check, what="check"):
-    """Validate one check given with our lowercase keys and return Consul's body."""
-    if not isinstance(check, dict):
-        raise SaltInvocationError(f"{what} must be a dict")
-    check = {k: v for k, v in check.items() if v is not None}
-    unknown = sorted(set(check) - set(_CHECK_FIELDS))
-    if unknown:
-        raise SaltInvocationError(f"{what}: unknown keys {unknown}; use {sorted(_CHECK_FIELDS)}")
-    kinds = [k for k in _CHECK_TYPES if k in check]
-    if len(kinds) != 1:
-        raise SaltInvocationError(f"{what} needs exactly one of {', '.join(_CHECK_TYPES)} (got {kinds or 'none'})")
-    kind = kinds[0]
-    if kind in _NEEDS_INTERVAL and "interval" not in check:
-        raise SaltInvocationError(f"{what}: a {kind} check needs an interval")
-    body = {}
-    for key, value in check.items():
-        field = _CHECK_FIELDS[key]
-        if key in _CHECK_DURATIONS:
-            value = _duration(value, f"{what} {key}")
-        elif key == "status":
-            if value not in _CHECK_STATUSES:
-                raise SaltInvocationError(f"{what} status must be one of {', '.join(_CHECK_STATUSES)}")
-        elif key == "args":
-            value = _str_list(value, f"{what} args")
-            if not value:
-                raise SaltInvocationError(f"{what} args must not be empty")
-        elif key == "header":
-            if not isinstance(value, dict):
-                raise SaltInvocationError(f"{what} header must be a dict of name: value(s)")
-            value = {str(h): _str_list(v, f"{what} header {h}") for h, v in value.items()}
-        elif key in ("tls_skip_verify", "grpc_use_tls"):
-            value = bool(value)
-        elif key in ("success_before_passing", "failures_before_critical"):
-            value = _uint(value, f"{what} {key}")
-        else:
-            _opt_str(value, f"{what} {key}")
-        body[field] = value
-    return body
-
-
-def _meta(meta):
-    if meta is None:
-        return None
-    if not isinstance(meta, dict) or len(meta) > 64:
-        raise SaltInvocationError("meta must be a dict of at most 64 string pairs")
-    out = {}
-    for key, value in meta.items():
-        if not isinstance(key, str) or not _META_KEY.match(key) or key.startswith("consul-"):
-            raise SaltInvocationError(
-                f"meta key {key!r} must be 1-128 characters of A-Z a-z 0-9 _ - and not start with 'consul-'"
-            )
-        value = "" if value is None else str(value) if isinstance(value, (int, float)) else value
-        if not isinstance(value, str) or len(value) > 512:
-            raise SaltInvocationError(f"meta value for {key!r} must be a string of at most 512 characters")
-        out[key] = value
-    return out
-
-
 def service_register(
     name,
     id=None,  # pylint: disable=redefined-builtin
@@ -1036,43 +941,18 @@ def service_register(
         salt-call consul.service_register db id=db01 port=5432 tags='[prod, gg]' \\
             checks='[{name: pg, tcp: "127.0.0.1:5432", interval: 10s}, {id: db01-ttl, ttl: 30s}]'
     """
-    _seg(name, "name")
-    if not saltconsul_env.is_service_name(name):
-        raise SaltInvocationError(
-            f"service name {name!r} is not a DNS label (letters, digits and inner dashes, at most 63): "
-            "Consul would register it, but DNS could not resolve it"
+    with _valid():
+        body = saltconsul_service.service_body(
+            name,
+            id=id,
+            tags=tags,
+            address=address,
+            port=port,
+            meta=meta,
+            enable_tag_override=enable_tag_override,
+            weights=weights,
+            checks=checks,
         )
-    body = {"Name": name}
-    if id is not None:
-        _seg(id, "id")
-        body["ID"] = id
-    if tags is not None:
-        body["Tags"] = _str_list(tags, "tags")
-    if address is not None:
-        body["Address"] = _opt_str(address, "address")
-    if port is not None:
-        body["Port"] = _uint(port, "port", maximum=65535)
-    if meta is not None:
-        body["Meta"] = _meta(meta)
-    body["EnableTagOverride"] = bool(enable_tag_override)
-    if weights is not None:
-        if not isinstance(weights, dict) or set(weights) - {"passing", "warning"}:
-            raise SaltInvocationError("weights must be a dict with 'passing' and/or 'warning'")
-        body["Weights"] = {
-            "Passing": _uint(weights.get("passing", 1), "weights passing"),
-            "Warning": _uint(weights.get("warning", 1), "weights warning"),
-        }
-    if checks is not None:
-        if isinstance(checks, dict):
-            checks = [checks]
-        if not isinstance(checks, (list, tuple)):
-            raise SaltInvocationError("checks must be a list of dicts")
-        body["Checks"] = [_check_body(c, f"checks[{i}]") for i, c in enumerate(checks)]
-        ids = [c["CheckID"] for c in body["Checks"] if c.get("CheckID")]
-        duplicates = sorted({cid for cid in ids if ids.count(cid) > 1})
-        if duplicates:
-            # Consul 1.8 would keep only the last check of each ID: a half-applied definition.
-            raise SaltInvocationError(f"checks: duplicate check IDs {duplicates}")
     with _consul("service_register"):
         _client(token).put(
             "/v1/agent/service/register",
@@ -1252,8 +1132,8 @@ def check_register(
         "success_before_passing": success_before_passing,
         "failures_before_critical": failures_before_critical,
     }
-    _seg(name, "name")
-    body = _check_body(check)
+    with _valid():
+        body = saltconsul_service.check_body(check)
     # The standalone endpoint calls it ID; inside a service definition it is CheckID.
     if "CheckID" in body:
         body["ID"] = body.pop("CheckID")
@@ -1474,7 +1354,7 @@ def health_state(state="any", dc=None, consistency=None, token=None):
 
         salt '*' consul.health_state critical
     """
-    if state not in _CHECK_STATUSES + ("any",):
+    if state not in saltconsul_service.CHECK_STATUSES + ("any",):
         raise SaltInvocationError("state must be passing, warning, critical or any")
     with _consul("health_state"):
         return _client(token).get(f"/v1/health/state/{state}", dc=_dc(dc), consistency=_consistency(consistency)) or []

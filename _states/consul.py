@@ -44,6 +44,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 import saltconsul_duration
 import saltconsul_env
 import saltconsul_loader
+import saltconsul_service
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +57,6 @@ CHECKS_HASH_KEY = "salt_checks"
 NOTES_MARKER = re.compile(r"\s*\[salt-consul [0-9a-f]{16}\]$")
 SECRET_SHOWN = "<secret: not shown>"
 REDACTED = "<redacted>"
-
-# Check fields accepted in a check mapping (the execution module's lowercase names).
-CHECK_KINDS = {"http": "http", "tcp": "tcp", "ttl": "ttl", "grpc": "grpc", "args": "script"}
-CHECK_FIELDS = set(CHECK_KINDS) | {
-    "name",
-    "id",
-    "interval",
-    "timeout",
-    "deregister_critical_service_after",
-    "status",
-    "notes",
-    "method",
-    "header",
-    "tls_skip_verify",
-}
-_CHECK_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.@:-]+")
-_DEFAULT_WEIGHTS = {"Passing": 1, "Warning": 1}
-
 
 def __virtual__():
     saltconsul_loader.warn_on_saltext_consul(log)
@@ -117,61 +100,12 @@ def _dedupe(items):
     return seen
 
 
-def _port(port):
-    """A port number 0-65535 (0: none); a digit string is accepted as YAML may give one."""
-    if port is None:
-        return 0
-    if isinstance(port, str) and port.isdigit():
-        port = int(port)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise SaltInvocationError(f"port must be a number from 0 to 65535, got {port!r}")
-    return port
-
-
-def _normalise_weights(weights):
-    if weights is None:
-        return dict(_DEFAULT_WEIGHTS)
-    if not isinstance(weights, dict):
-        raise SaltInvocationError("weights must be a mapping with passing/warning")
-    out = dict(_DEFAULT_WEIGHTS)
-    for key, value in weights.items():
-        field = str(key).capitalize()
-        if field not in out:
-            raise SaltInvocationError(f"unknown weights key {key!r} (passing, warning)")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise SaltInvocationError(f"weights {key} must be a non-negative integer")
-        out[field] = value
-    return out
-
-
-def _normalise_check(check, service_id, index):
-    """
-    Validate one check mapping and give it a stable name and ID.
-
-    The default ID ``service:<service_id>:<name>`` is derived from the name, not
-    the position, so removing one check never renames (and resets) the others.
-    """
-    if not isinstance(check, dict):
-        raise SaltInvocationError(f"check #{index + 1} must be a mapping")
-    unknown = set(check) - CHECK_FIELDS
-    if unknown:
-        raise SaltInvocationError(f"check #{index + 1}: unknown keys {sorted(unknown)}")
-    kinds = [kind for kind in CHECK_KINDS if check.get(kind) not in (None, "", [])]
-    if len(kinds) != 1:
-        raise SaltInvocationError(
-            f"check #{index + 1} needs exactly one of {', '.join(CHECK_KINDS)}, got {kinds or 'none'}"
-        )
-    kind = kinds[0]
-    if kind != "ttl" and not check.get("interval"):
-        raise SaltInvocationError(f"check #{index + 1} ({kind}) needs an interval")
-    if check.get("status") not in (None, "passing", "warning", "critical"):
-        raise SaltInvocationError(f"check #{index + 1}: status must be passing, warning or critical")
-    out = {k: v for k, v in check.items() if v is not None}
-    out["name"] = str(out.get("name") or kind)
-    if not out.get("id"):
-        out["id"] = _CHECK_ID_UNSAFE.sub("-", f"service:{service_id}:{out['name']}")
-    out["id"] = str(out["id"])
-    return out
+def _spec(build, *args, **kwargs):
+    """Call a ``saltconsul_service`` builder; an invalid definition becomes SaltInvocationError."""
+    try:
+        return build(*args, **kwargs)
+    except saltconsul_service.SpecError as err:
+        raise SaltInvocationError(str(err)) from None
 
 
 def _check_summary(check):
@@ -204,50 +138,47 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
     """
     if not name or not isinstance(name, str):
         raise SaltInvocationError("a service name is required")
-    if not saltconsul_env.is_service_name(name):
-        raise SaltInvocationError(
-            f"service name {name!r} is not a DNS label (letters, digits and inner dashes, at most 63): "
-            "Consul would register it, but DNS could not resolve it"
-        )
     service_id = str(service_id or name)
-    port = _port(port)
-    if isinstance(tags, str):
-        tags = [tags]
-    if tags is not None and not isinstance(tags, (list, tuple)):
-        raise SaltInvocationError("tags must be a list of non-empty strings")
-    tags = list(tags or [])
-    if not all(isinstance(tag, str) and tag for tag in tags):
-        raise SaltInvocationError("tags must be non-empty strings")
+    tags = list(_spec(saltconsul_service.valid_tags, tags) or [])
     if env_tags:
         tags += _env_tags()
     tags = _dedupe(tags)
     if meta is not None and not isinstance(meta, dict):
         raise SaltInvocationError("meta must be a mapping")
-    for key, value in (meta or {}).items():
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise SaltInvocationError(f"meta value for {key!r} must be a string or a number")
     if checks is not None and not isinstance(checks, (list, tuple)):
         raise SaltInvocationError("checks must be a list of mappings")
-    norm_checks = [_normalise_check(check, service_id, idx) for idx, check in enumerate(checks or [])]
-    ids = [check["id"] for check in norm_checks]
-    if len(set(ids)) != len(ids):
-        raise SaltInvocationError(f"service {service_id}: check IDs/names must be unique, got {ids}")
-
-    full_meta = {str(k): str(v) for k, v in (meta or {}).items()}
+    norm_checks = [_spec(saltconsul_service.service_check, check, service_id, idx) for idx, check in enumerate(checks or [])]
+    full_meta = dict(meta or {})
     full_meta[MANAGED_BY_KEY] = MANAGED_BY
     full_meta[MINION_KEY] = _minion_id()
     full_meta[CHECKS_HASH_KEY] = _fingerprint(norm_checks)
+    # The exact body consul.service_register will send (same validation, so
+    # test=True refuses exactly what the apply would); compared field by field.
+    body = _spec(
+        saltconsul_service.service_body,
+        name,
+        id=service_id,
+        tags=tags,
+        address=address or "",
+        port=port if port is not None else 0,
+        meta=full_meta,
+        enable_tag_override=enable_tag_override,
+        weights=weights if weights is not None else {},
+        checks=norm_checks,
+    )
+    full_meta = body["Meta"]
     desired = {
         "Service": name,
         "ID": service_id,
-        "Tags": tags,
+        "Tags": body["Tags"],
         "Meta": full_meta,
-        "Port": port,
-        "Address": address or "",
-        "Weights": _normalise_weights(weights),
-        "EnableTagOverride": bool(enable_tag_override),
+        "Port": body["Port"],
+        "Address": body["Address"],
+        "Weights": body["Weights"],
+        "EnableTagOverride": body["EnableTagOverride"],
         "checks": norm_checks,
     }
+    ids = [check["id"] for check in norm_checks]
 
     current = __salt__["consul.service_get"](service_id, token=token)
     changes = {}
@@ -282,7 +213,7 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
         elif field == "Meta":
             have = dict(have or {})
         elif field == "Weights":
-            have = dict(have or _DEFAULT_WEIGHTS)
+            have = dict(have or saltconsul_service.DEFAULT_WEIGHTS)
         elif field == "Port":
             have = int(have or 0)
         elif field == "Address":
@@ -299,7 +230,7 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
         if (
             have is None
             or have.get("Name") != check["name"]
-            or have.get("Type") != CHECK_KINDS[next(k for k in CHECK_KINDS if k in check)]
+            or have.get("Type") != saltconsul_service.CHECK_KINDS[saltconsul_service.check_kind(check)]
             or (have.get("Notes") or "") != (check.get("notes") or "")
             or _agent_duration_differs(have, check)
         ):
@@ -593,8 +524,8 @@ def check_present(
             "header": header,
             "tls_skip_verify": tls_skip_verify,
         }
-        check = _normalise_check({k: v for k, v in spec.items() if v is not None}, service_id, 0)
-        kind = next(k for k in CHECK_KINDS if k in check)
+        check = _spec(saltconsul_service.service_check, {k: v for k, v in spec.items() if v is not None}, service_id, 0)
+        kind = saltconsul_service.check_kind(check)
         fingerprint = _fingerprint({"check": check, "service_id": service_id})
         want_notes = f"{notes or ''} [salt-consul {fingerprint}]".lstrip()
         current = (__salt__["consul.check_list"](token=token) or {}).get(check_id)
@@ -603,7 +534,7 @@ def check_present(
             for field, key, want in (
                 ("Name", "name", name),
                 ("ServiceID", "service_id", service_id or ""),
-                ("Type", "type", CHECK_KINDS[kind]),
+                ("Type", "type", saltconsul_service.CHECK_KINDS[kind]),
                 ("Notes", "notes", want_notes),
             ):
                 have = current.get(field) or ""

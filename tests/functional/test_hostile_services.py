@@ -158,9 +158,9 @@ def test_service_register_duplicate_check_ids(module_loaders, consul_agent):
 # --------------------------------------------------------------------------- state
 
 
-def _states(loaders):
+def _states(loaders, test=False):
     return salt.loader.states(
-        dict(loaders.opts, test=False),
+        dict(loaders.opts, test=test),
         functions=loaders.modules,
         utils=loaders.utils,
         serializers=loaders.serializers,
@@ -209,3 +209,66 @@ def test_service_present_refuses_names_dns_cannot_resolve(module_loaders, consul
     ret = _states(module_loaders)["consul.service_present"](name, service_id=sid, port=1)
     assert ret["result"] is False and why in ret["comment"]
     assert _registered(consul_agent, sid) == (None, {})
+
+
+# --------------------------------------------------------------------------- test mode predicts the apply
+
+# Definitions the state and the module once judged differently (issue 12):
+# reserved meta keys, non-Go durations, alias checks, odd check fields.
+odd_checks = st.one_of(
+    checks(),
+    st.sampled_from(
+        [
+            {"name": "alias", "alias_service": "db"},
+            {"name": "h", "http": "http://127.0.0.1:1/h", "interval": "10 seconds"},
+            {"name": "h", "http": "http://127.0.0.1:1/h", "interval": "1m0s", "timeout": "2s"},
+            {"name": "g", "grpc": "127.0.0.1:1", "interval": "5s", "grpc_use_tls": True},
+            {"name": "t", "ttl": "30s", "success_before_passing": 2, "failures_before_critical": -1},
+            {"name": "t", "ttl": "30s", "bogus_field": 1},
+            {"name": "h", "http": "http://127.0.0.1:1/h", "interval": "5s", "header": {"X-A": "b"}},
+            {"name": "h", "http": "http://127.0.0.1:1/h", "interval": "5s", "header": "x"},
+            {"name": "t", "ttl": "30s", "notes": 5},
+        ]
+    ),
+)
+odd_meta = st.one_of(meta, st.sampled_from([{"consul-x": "1"}, {"ok": "1", "managed_by": "me"}, {"n": None}]))
+
+
+@FUZZ
+@given(
+    name=names,
+    port=ports,
+    tags=tags,
+    meta=odd_meta,
+    check_list=st.one_of(st.none(), st.lists(odd_checks, max_size=3)),
+    weights=st.sampled_from([None, {"passing": 3}, {"Passing": 2, "warning": 1}, {"bogus": 1}, {"passing": -1}]),
+)
+def test_service_present_test_mode_predicts_the_apply(
+    module_loaders, consul_agent, name, port, tags, meta, check_list, weights
+):
+    """
+    For every definition: test=True returns None exactly when the apply returns
+    True (a new service, so there is always something to do), and False exactly
+    when the apply returns False, with the same message. Consul is checked:
+    test mode wrote nothing; a refused apply wrote nothing either.
+    """
+    sid = f"hp-{uuid.uuid4().hex[:10]}"
+    kwargs = dict(service_id=sid, port=port, tags=tags, meta=meta, checks=check_list, weights=weights)
+    try:
+        predicted = _states(module_loaders, test=True)["consul.service_present"](name, **kwargs)
+        assert _registered(consul_agent, sid) == (None, {})
+        applied = _states(module_loaders)["consul.service_present"](name, **kwargs)
+        service, _ = _registered(consul_agent, sid)
+        if applied["result"] is True:
+            event("registered")
+            assert predicted["result"] is None, (predicted, applied)
+            assert predicted["changes"] == applied["changes"]
+            assert service is not None
+        else:
+            event("refused")
+            assert applied["result"] is False, applied
+            assert predicted["result"] is False, (predicted, applied)
+            assert predicted["comment"] == applied["comment"]
+            assert service is None
+    finally:
+        _deregister(consul_agent, sid)
