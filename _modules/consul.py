@@ -398,7 +398,7 @@ def kv_put(
         salt-call consul.kv_put app/db/password value_pillar=app:db:password
         salt-call consul.kv_put app/db/pool_size 30 cas=1234
     """
-    path = saltconsul_kv.kv_path(key)
+    saltconsul_kv.check_key(key)
     _uint(cas, "cas")
     _uint(flags, "flags", maximum=2**64 - 1)
     if acquire is not None and release is not None:
@@ -408,20 +408,10 @@ def kv_put(
     data = saltconsul_kv.encode_value(_value_from(value, value_pillar, value_file))
     client = _client(token)
     saltconsul_kv.check_size(data, client.max_value_size, key)
-    params = {"cas": cas, "flags": flags, "acquire": acquire, "release": release}
     with _consul("kv_put"):
-        answer = client.put(path, params=params, content=data, dc=_dc(dc))
-        if acquire is not None or release is not None:
-            return bool(answer)
-        if answer is not True and cas is not None:
-            raise ConsulCASConflict(
-                f"PUT {path}: key {key!r} was modified since index {cas}; nothing written",
-                method="PUT",
-                path=path,
-            )
-        if answer is not True:
-            raise ConsulError(f"PUT {path}: Consul did not store the value", method="PUT", path=path)
-    return True
+        return saltconsul_kv.put(
+            client, key, data, cas=cas, flags=flags, acquire=acquire, release=release, dc=_dc(dc)
+        )
 
 
 def kv_delete(key, recurse=False, cas=None, dc=None, token=None):
@@ -448,19 +438,10 @@ def kv_delete(key, recurse=False, cas=None, dc=None, token=None):
         salt-call consul.kv_delete app/db/pool_size
         salt-call consul.kv_delete app/old/ recurse=True
     """
-    path = saltconsul_kv.kv_path(key)
+    saltconsul_kv.check_key(key)
     _uint(cas, "cas")
-    if recurse and cas is not None:
-        raise SaltInvocationError("cas cannot be combined with recurse")
     with _consul("kv_delete"):
-        answer = _client(token).delete(path, params={"recurse": bool(recurse), "cas": cas}, dc=_dc(dc))
-        if cas is not None and answer is not True:
-            raise ConsulCASConflict(
-                f"DELETE {path}: key {key!r} was modified since index {cas}; nothing deleted",
-                method="DELETE",
-                path=path,
-            )
-    return True
+        return saltconsul_kv.delete(_client(token), key, recurse=recurse, cas=cas, dc=_dc(dc))
 
 
 def kv_keys(prefix="", separator=None, dc=None, consistency=None, token=None):

@@ -36,12 +36,12 @@ datacenter (see ``formulas/reactor/``).
 import base64
 import logging
 import re
-import urllib.parse
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import saltconsul_client
-from saltconsul_errors import ConsulError
+import saltconsul_kv
+from saltconsul_errors import ConsulCASConflict, ConsulError
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,8 @@ def _conf():
 def _check_prefix(prefix):
     if not isinstance(prefix, str) or not prefix.strip("/"):
         raise SaltInvocationError("each prefix must be a non-empty KV prefix (the whole KV is never replicated)")
-    prefix = prefix.lstrip("/")
-    if ".." in prefix.split("/"):
-        raise SaltInvocationError(f"bad KV prefix {prefix!r}")
-    return prefix
+    # The one key/prefix rule (no '.'/'..' segments, no control characters).
+    return saltconsul_kv.check_key(prefix.lstrip("/"), what="prefix")
 
 
 def _check_dc(dc):
@@ -73,13 +71,9 @@ def _check_dc(dc):
     return dc
 
 
-def _key_path(key):
-    return "/v1/kv/" + urllib.parse.quote(key, safe="/")
-
-
 def _read(client, prefix, dc):
     """``{key: (value_b64, flags, modify_index)}`` under ``prefix`` in ``dc``."""
-    entries = client.get(f"/v1/kv/{urllib.parse.quote(prefix, safe='/')}", params={"recurse": True}, dc=dc, not_found_ok=True)
+    entries = client.get(saltconsul_kv.kv_path(prefix), params={"recurse": True}, dc=dc, not_found_ok=True)
     return {e["Key"]: (e.get("Value") or "", e.get("Flags") or 0, e["ModifyIndex"]) for e in entries or []}
 
 
@@ -104,21 +98,23 @@ def _sync_prefix(client, prefix, source, dest, delete, test, allow_empty_source)
         if test:
             result[action].append(key)
             continue
-        ok = client.request(
-            "PUT",
-            _key_path(key),
-            params={"cas": cas, "flags": flags},
-            content=base64.b64decode(value) if value else b"",
-            dc=dest,
-        ).json()
-        result[action if ok else "conflicts"].append(key)
+        try:
+            saltconsul_kv.put(client, key, base64.b64decode(value) if value else b"", cas=cas, flags=flags, dc=dest)
+        except ConsulCASConflict:
+            result["conflicts"].append(key)
+        else:
+            result[action].append(key)
     if delete:
         for key in sorted(set(dst) - set(src)):
             if test:
                 result["deleted"].append(key)
                 continue
-            ok = client.request("DELETE", _key_path(key), params={"cas": dst[key][2]}, dc=dest).json()
-            result["deleted" if ok else "conflicts"].append(key)
+            try:
+                saltconsul_kv.delete(client, key, cas=dst[key][2], dc=dest)
+            except ConsulCASConflict:
+                result["conflicts"].append(key)
+            else:
+                result["deleted"].append(key)
     return result
 
 

@@ -43,6 +43,8 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import saltconsul_duration
 import saltconsul_env
+import saltconsul_errors
+import saltconsul_kv
 import saltconsul_loader
 import saltconsul_service
 
@@ -595,23 +597,11 @@ def check_absent(name, token=None):
 # --------------------------------------------------------------------------- KV
 
 
-def _serialise(value, serializer):
-    if serializer == "json":
-        return json.dumps(value, sort_keys=True, indent=2)
-    import salt.utils.yaml
-
-    return salt.utils.yaml.safe_dump(value, default_flow_style=False)
-
-
 def _decode(text, serializer):
     """The stored text decoded with ``serializer``; a sentinel if it does not decode."""
     try:
-        if serializer == "json":
-            return json.loads(text)
-        import salt.utils.yaml
-
-        return salt.utils.yaml.safe_load(text)
-    except Exception:  # pylint: disable=broad-except
+        return saltconsul_kv.decode(text, serializer)
+    except saltconsul_kv.DecodeError:
         # Anything undecodable simply differs from the declared structure.
         return _UNDECODABLE
 
@@ -620,11 +610,15 @@ _UNDECODABLE = object()
 
 
 def _as_text(value):
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float, str)):
-        return str(value)
-    raise SaltInvocationError("a structured value needs serializer: json or yaml")
+    text = saltconsul_kv.scalar_text(value)
+    if text is None:
+        raise SaltInvocationError("a structured value needs serializer: json or yaml")
+    return text
+
+
+def _cas_lost(err):
+    """Whether a failed write lost a check-and-set (the kind, from the exception type)."""
+    return isinstance(saltconsul_errors.cause_of(err), saltconsul_errors.ConsulCASConflict)
 
 
 def key_present(name, value, serializer=None, secret=False, flags=None, dc=None, token=None):
@@ -658,7 +652,7 @@ def key_present(name, value, serializer=None, secret=False, flags=None, dc=None,
             raise SaltInvocationError("the key must be a non-empty path without a leading /")
         if serializer not in (None, "json", "yaml"):
             raise SaltInvocationError(f"serializer must be json or yaml, not {serializer!r}")
-        text = _serialise(value, serializer) if serializer else _as_text(value)
+        text = saltconsul_kv.serialise(value, serializer) if serializer else _as_text(value)
         if flags is not None:
             flags = int(flags)
         current = __salt__["consul.kv_get"](name, detail=True, dc=dc, token=token)
@@ -691,7 +685,7 @@ def key_present(name, value, serializer=None, secret=False, flags=None, dc=None,
         ret["comment"] = f"Key {name} {verb}"
     except (SaltInvocationError, CommandExecutionError) as err:
         ret["changes"] = {}
-        if "CAS conflict" in str(err):
+        if _cas_lost(err):
             return _fail(
                 ret,
                 f"Key {name} was changed by another writer after it was read (CAS conflict); "
@@ -743,7 +737,7 @@ def key_absent(name, recurse=False, dc=None, token=None):
         ret["comment"] = f"Deleted {len(ret['changes']['deleted'])} key(s) under {name}"
     except (SaltInvocationError, CommandExecutionError) as err:
         ret["changes"] = {}
-        if "CAS conflict" in str(err):
+        if _cas_lost(err):
             return _fail(ret, f"Key {name} was changed by another writer after it was read (CAS conflict); not deleted")
         return _fail(ret, f"Key {name}: {err}")
     return ret

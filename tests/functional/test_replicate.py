@@ -140,3 +140,32 @@ def test_empty_source_is_refused_unless_allowed(consul_dc_pair, runners, prefix)
 def test_bad_arguments_fail_before_any_write(runners, kwargs):
     with pytest.raises(SaltInvocationError):
         runners["consul_replicate.kv"](**kwargs)
+
+
+def test_one_value_is_the_same_bytes_whoever_stores_it(master_opts, runners, consul_dc_pair, prefix):
+    """
+    The same structure stored by ``consul.kv_put``, by ``consul.key_present``
+    (serializer json) and copied by the replicate runner is byte-identical in
+    Consul (one codec: compact JSON, sorted keys).
+    """
+    dc1, dc2 = consul_dc_pair
+    opts = copy.deepcopy(master_opts)
+    opts.update(module_dirs=[str(REPO / "_modules")], states_dirs=[str(REPO / "_states")], test=False, grains={})
+    context = {}
+    utils = salt.loader.utils(opts, context=context)
+    funcs = salt.loader.minion_mods(opts, utils=utils, context=context)
+    states = salt.loader.states(opts, funcs, utils, salt.loader.serializers(opts), context=context)
+    value = {"b": [1, 2, {"c": "ü"}], "a": True, "n": None, "f": 1.5}
+
+    assert funcs["consul.kv_put"](f"{prefix}by-module", value) is True
+    ret = states["consul.key_present"](f"{prefix}by-state", value, serializer="json")
+    assert ret["result"] is True and ret["changes"], ret
+    again = states["consul.key_present"](f"{prefix}by-module", value, serializer="json")
+    assert again["result"] is True and again["changes"] == {}, again  # the module's bytes are compliant
+    res = runners["consul_replicate.kv"]([prefix], source=dc1.datacenter, destinations=[dc2.datacenter])
+    assert res[dc2.datacenter][prefix]["created"] == sorted([f"{prefix}by-module", f"{prefix}by-state"]), res
+
+    src, dst = _tree(dc1, prefix), _tree(dc2, prefix)
+    stored = {src[f"{prefix}by-module"][0], src[f"{prefix}by-state"][0], dst[f"{prefix}by-module"][0],
+              dst[f"{prefix}by-state"][0]}
+    assert stored == {'{"a": true, "b": [1, 2, {"c": "ü"}], "f": 1.5, "n": null}'.encode()}, stored
