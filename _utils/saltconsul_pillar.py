@@ -279,7 +279,11 @@ def layer_plan(conf, values, reasons=None):
         if folder is None:
             missing = [f for f in dict.fromkeys(saltconsul_kvtree.template_fields(template)) if not values.get(f)]
             item["status"] = "skipped"
-            item["reason"] = "; ".join(f"{{{f}}} unknown: {reasons.get(f) or 'no value'}" for f in missing)
+            # Fields unknown for the same reason share one sentence.
+            by_reason = {}
+            for field in missing:
+                by_reason.setdefault(reasons.get(field) or "no value", []).append(f"{{{field}}}")
+            item["reason"] = "; ".join(f"{', '.join(fields)} unknown: {why}" for why, fields in by_reason.items())
         else:
             item["status"] = "read"
         plan.append(item)

@@ -186,7 +186,9 @@ def test_explain_skip_reasons(consul_agent, master_config, prefix, seeded, tmp_p
 
     nothing = runners(opts)["consul_pillar.explain"]("lonely-host")
     assert [l["status"] for l in nothing["layers"]] == ["read", "skipped", "skipped", "skipped", "read"]
-    assert "matches no hostname pattern" in nothing["layers"][1]["reason"]
+    assert nothing["layers"][2]["reason"] == (
+        "{type}, {group} unknown: the minion ID matches no hostname pattern (consul:env:patterns)"
+    )
 
 
 def test_explain_replaced_branch(consul_agent, master_config, prefix, tmp_path):
