@@ -18,7 +18,6 @@ folder, and read on services and nodes (see ``docs/runners.md``).
 
 import logging
 
-import salt.key
 from salt.exceptions import CommandExecutionError
 
 import saltconsul_client
@@ -42,8 +41,7 @@ def __virtual__():
 
 
 def _accepted():
-    keys = salt.key.get_key(__opts__).list_status("accepted")
-    return sorted(keys.get("minions") or [])
+    return saltconsul_fleet.accepted_minions(__opts__)
 
 
 def _blank():

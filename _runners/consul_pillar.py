@@ -25,11 +25,11 @@ The token needs ``read`` on the layer folders and nothing else.
 import logging
 import time
 
-import salt.key
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import saltconsul_client
 import saltconsul_env
+import saltconsul_fleet
 import saltconsul_kvtree
 import saltconsul_pillar
 import saltconsul_pillarcache
@@ -44,14 +44,16 @@ def __virtual__():
     return __virtualname__
 
 
-def _config(entry):
+def _config(entry, show_secrets):
+    if not isinstance(show_secrets, bool):
+        # Only an explicit True shows secrets: a stray string must not.
+        raise SaltInvocationError("show_secrets must be True or False")
     kwargs, count = saltconsul_pillar.ext_pillar_kwargs(__opts__, entry)
     return saltconsul_pillar.parse_config(__opts__, kwargs), count
 
 
 def _accepted():
-    keys = salt.key.get_key(__opts__).list_status("accepted")
-    return set(keys.get("minions") or [])
+    return set(saltconsul_fleet.accepted_minions(__opts__))
 
 
 def _minion_values(minion_id, conf):
@@ -108,6 +110,14 @@ def _read(what, conf, folders):
     except ConsulError as err:
         _fail(what, err, [folder for folder, _ in folders])
     return dict(zip([folder for folder, _ in folders], trees)), warnings, index
+
+
+def _entry_note(entry, count):
+    if count == 0:
+        return {"note": "the master config has no consul ext_pillar entry: this is what '- consul: {}' would read"}
+    if count > 1:
+        return {"entry": f"{entry} of {count} consul ext_pillar entries (entry=N picks another)"}
+    return {}
 
 
 def _warnings(warnings):
@@ -170,7 +180,7 @@ def explain(minion_id, key=None, show_secrets=False, entry=0):
         salt-run consul_pillar.explain web01.prod.gg.mydc1.example.com
         salt-run consul_pillar.explain web01.prod.gg.mydc1.example.com db:pool_size
     """
-    conf, count = _config(entry)
+    conf, count = _config(entry, show_secrets)
     rule = saltconsul_pillar.secret_rule(__opts__)
     values, reasons = _minion_values(minion_id, conf)
     plan = saltconsul_pillar.layer_plan(conf, values, reasons)
@@ -223,8 +233,7 @@ def explain(minion_id, key=None, show_secrets=False, entry=0):
         result["note"] = f"no layer sets {key}"
     if conf["env_key"]:
         result["env_key"] = conf["env_key"]
-    if count > 1:
-        result["entry"] = f"{entry} of {count} consul ext_pillar entries"
+    result.update(_entry_note(entry, count))
     return result
 
 
@@ -249,7 +258,7 @@ def diff(a, b, show_secrets=False, entry=0):
         salt-run consul_pillar.diff prod.gg.mydc1 stg.gg.mydc1
         salt-run consul_pillar.diff web01.prod.gg.mydc1.example.com web01.stg.gg.mydc1.example.com
     """
-    conf, _count = _config(entry)
+    conf, count = _config(entry, show_secrets)
     rule = saltconsul_pillar.secret_rule(__opts__)
     accepted = _accepted()
     sides = []
@@ -289,7 +298,7 @@ def diff(a, b, show_secrets=False, entry=0):
         for label, entry_, is_set in zip(labels, entries, present):
             row[label] = {"value": _show(entry_["value"], hide, show_secrets), "from": entry_["from"]} if is_set else None
         differences[saltconsul_pillar.path_text(path)] = row
-    return {
+    result = {
         "a": sides[0][0],
         "b": sides[1][0],
         "source": f"read live from Consul (index {index})",
@@ -297,3 +306,5 @@ def diff(a, b, show_secrets=False, entry=0):
         "same": same,
         "warnings": _warnings(warnings),
     }
+    result.update(_entry_note(entry, count))
+    return result

@@ -120,3 +120,11 @@ def folder_exists(keys, folder):
     base = folder.rstrip("/") + "/"
     pos = bisect.bisect_left(keys, base)
     return pos < len(keys) and keys[pos].startswith(base)
+
+
+def accepted_minions(opts):
+    """The minion IDs whose keys the master has accepted (master ``opts``), sorted."""
+    import salt.key  # pylint: disable=import-outside-toplevel
+
+    keys = salt.key.get_key(opts).list_status("accepted")
+    return sorted(keys.get("minions") or [])

@@ -201,3 +201,39 @@ def test_overview_with_the_documented_read_policy_and_without(consul_acl_agent, 
         for acc, pol in created:
             acl.api("DELETE", f"/v1/acl/token/{acc}")
             acl.api("DELETE", f"/v1/acl/policy/{pol}")
+
+
+def test_lock_keys_and_instance_environments_pure_logic():
+    """The rules the overview applies, without Consul: one lock key layout, the env precedence."""
+    import saltconsul_env
+    import saltconsul_fleet
+
+    assert saltconsul_env.lock_key("db", "prod.gg.mydc1") == "locks/db/prod.gg.mydc1/leader"
+    for key in ("locks/db/prod.gg.mydc1/leader", "locks/db/leader"):
+        service, postfix = saltconsul_env.parse_lock_key(key)
+        assert saltconsul_env.lock_key(service, postfix) == key
+    for key in ("locks/db/prod.gg.mydc1/other", "locks/db/../x/leader", "other/db/leader", "locks/a/b/c/leader"):
+        assert saltconsul_env.parse_lock_key(key) is None
+    assert saltconsul_env.parse_postfix("prod.gg.mydc1") == {
+        "type": "prod", "group": "gg", "datacenter": "mydc1", "postfix": "prod.gg.mydc1",
+    }
+    for bad in ("web01.prod.gg.mydc1.example.com", "nope.gg.mydc1", "prod.gg", "prod.g/g.mydc1", ""):
+        assert saltconsul_env.parse_postfix(bad) is None
+
+    known = {
+        "prod.gg.mydc1": {"type": "prod", "group": "gg", "datacenter": "mydc1"},
+        "prod.gg.mydc2": {"type": "prod", "group": "gg", "datacenter": "mydc2"},
+        "stg.gg.mydc1": {"type": "stg", "group": "gg", "datacenter": "mydc1"},
+    }
+    env = saltconsul_fleet.instance_env
+    # env meta first, then the salt_minion meta's ID, then the env tags.
+    assert env({"Meta": {"env": "stg.gg.mydc1", "salt_minion": WEB1}, "Tags": ["prod", "gg"]}, {}, None, known) == "stg.gg.mydc1"
+    assert env({"Meta": {"salt_minion": WEB1}, "Tags": ["stg", "gg"]}, {}, None, known) == "prod.gg.mydc1"
+    assert env({"Tags": ["stg", "gg"]}, {}, None, known) == "stg.gg.mydc1"
+    # Two datacenters have prod/gg: the node's datacenter decides, else nobody.
+    assert env({"Tags": ["prod", "gg"]}, {"Datacenter": "mydc2"}, None, known) == "prod.gg.mydc2"
+    assert env({"Tags": ["prod", "gg"]}, {"Datacenter": "dc1"}, None, known) is None
+    assert env({"Meta": {"env": "../x"}, "Tags": []}, {}, None, known) is None
+    assert saltconsul_fleet.instance_status([]) == "passing"
+    assert saltconsul_fleet.instance_status([{"Status": "passing"}, {"Status": "warning"}]) == "warning"
+    assert saltconsul_fleet.instance_status([{"Status": "warning"}, {"Status": "critical"}]) == "critical"

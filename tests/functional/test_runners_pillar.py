@@ -324,3 +324,28 @@ def test_read_only_token_works_and_a_token_without_read_fails_clearly(
             agent.api("DELETE", f"/v1/acl/token/{acc}")
             agent.api("DELETE", f"/v1/acl/policy/{pol}")
         agent.api("DELETE", f"/v1/kv/{prefix}?recurse")
+
+
+def test_bad_arguments_are_refused_before_any_request(consul_agent, master_config, prefix, tmp_path):
+    from salt.exceptions import SaltInvocationError
+
+    opts = make_opts(master_config, consul_agent, prefix, tmp_path)
+    funcs = runners(opts)
+    for call in (
+        lambda: funcs["consul_pillar.explain"](PROD, show_secrets="yes"),
+        lambda: funcs["consul_pillar.diff"]("prod.gg.mydc1", "stg.gg.mydc1", show_secrets="false"),
+        lambda: funcs["consul_pillar.explain"](""),
+        lambda: funcs["consul_pillar.diff"]("prod.gg.mydc1", None),
+        lambda: funcs["consul_pillar.explain"](PROD, entry=3),
+    ):
+        with pytest.raises(SaltInvocationError):
+            call()
+    bad = make_opts(master_config, consul_agent, prefix, tmp_path, layers=["config/{nope}"])
+    with pytest.raises(SaltInvocationError, match="unknown field"):
+        runners(bad)["consul_pillar.explain"](PROD)
+    # No consul ext_pillar entry: the defaults, said so.
+    bare = make_opts(master_config, consul_agent, prefix, tmp_path)
+    bare["ext_pillar"] = []
+    ret = runners(bare)["consul_pillar.explain"](PROD)
+    assert "no consul ext_pillar entry" in ret["note"]
+    assert ret["layers"][0]["folder"] == "config/global"
