@@ -349,3 +349,23 @@ def test_bad_arguments_are_refused_before_any_request(consul_agent, master_confi
     ret = runners(bare)["consul_pillar.explain"](PROD)
     assert "no consul ext_pillar entry" in ret["note"]
     assert ret["layers"][0]["folder"] == "config/global"
+
+
+def test_env_from_grains_uses_the_masters_cached_grains(consul_agent, master_config, prefix, seeded, tmp_path):
+    """With env_from_grains the ext_pillar lets the env grain win; the runner reads the master's cached grains."""
+    import salt.cache
+
+    opts = make_opts(master_config, consul_agent, prefix, tmp_path, env_from_grains=True)
+    opts["minion_data_cache"] = True
+    grains = {"id": PROD, "env": {"type": "stg"}}
+    cache = salt.cache.factory(opts)
+    cache.store("grains", PROD, grains)  # Salt 3008's layout
+    cache.store(f"minions/{PROD}", "data", {"grains": grains, "pillar": {}})  # Salt 3006's
+    ret = runners(opts)["consul_pillar.explain"](PROD, key="app:pool")
+    assert ret["environment"]["type"] == "stg"
+    assert ret["keys"]["app:pool"]["from"] == f"{prefix}/type/stg"
+    # The same as the ext_pillar compiles with those grains.
+    import salt.pillar
+
+    pillar = salt.pillar.Pillar(copy.deepcopy(opts), grains, PROD, "base").compile_pillar()
+    assert pillar["app"]["pool"] == ret["keys"]["app:pool"]["value"] == "8"
