@@ -755,10 +755,7 @@ def _seconds(duration):
 
 
 def _default_lock_key(name):
-    env = __salt__["consul.env"]()
-    if env.get("postfix"):
-        return f"locks/{name}/{env['postfix']}/leader"
-    return f"locks/{name}/leader"
+    return saltconsul_env.lock_key(name, __salt__["consul.env"]().get("postfix"))
 
 
 def _wait_not_critical(check_ids, wait, token):

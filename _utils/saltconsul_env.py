@@ -207,3 +207,62 @@ def local_name(opts):
 
         return socket.getfqdn()
     return (opts or {}).get("id") or ""
+
+
+def parse_postfix(text, env_conf=None):
+    """
+    The environment a postfix names (``prod.gg.mydc1`` -> ``{type: prod, group:
+    gg, datacenter: mydc1}``), read back through the ``consul:env:postfix``
+    template; None unless every field is a label and the type a configured one.
+    """
+    env_conf = env_conf if isinstance(env_conf, dict) else {}
+    template = env_conf.get("postfix") or DEFAULT_POSTFIX
+    if not isinstance(text, str) or not text or len(text) > _MAX_NAME:
+        return None
+    seen = set()
+    parts = []
+    pos = 0
+    for match in re.finditer(r"{(\w+)}", template):
+        parts.append(re.escape(template[pos : match.start()]))
+        field = match.group(1)
+        parts.append(f"(?P={field})" if field in seen else f"(?P<{field}>{LABEL_PATTERN})")
+        seen.add(field)
+        pos = match.end()
+    parts.append(re.escape(template[pos:]))
+    found = re.fullmatch("".join(parts), text.strip().lower())
+    if not found:
+        return None
+    env = {field: found.group(field) for field in seen}
+    types = [str(t).lower() for t in (env_conf.get("types") or DEFAULT_TYPES)]
+    if "type" in env and env["type"] not in types:
+        return None
+    env["postfix"] = postfix(env, template)
+    return env if env["postfix"] else None
+
+
+# Where single-holder services keep their locks (``consul.single_holder_service``):
+# ``locks/<service>/<postfix>/leader``, one holder per environment.
+LOCK_PREFIX = "locks"
+
+
+def lock_key(service, env_postfix=None):
+    """The default lock key of a single-holder service in an environment."""
+    if env_postfix:
+        return f"{LOCK_PREFIX}/{service}/{env_postfix}/leader"
+    return f"{LOCK_PREFIX}/{service}/leader"
+
+
+def parse_lock_key(key, prefix=LOCK_PREFIX):
+    """``(service, postfix_or_None)`` for a key shaped like :func:`lock_key` under ``prefix``, else None."""
+    if not isinstance(key, str):
+        return None
+    parts = key.split("/")
+    base = [p for p in prefix.strip("/").split("/") if p]
+    if parts[: len(base)] != base or parts[-1:] != ["leader"]:
+        return None
+    rest = parts[len(base) : -1]
+    if len(rest) == 1 and is_service_name(rest[0]):
+        return rest[0], None
+    if len(rest) == 2 and is_service_name(rest[0]) and is_postfix(rest[1]):
+        return rest[0], rest[1]
+    return None

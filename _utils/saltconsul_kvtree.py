@@ -321,3 +321,8 @@ def merge_trees(trees):
         else:
             result = salt.utils.dictupdate.merge(result, tree, strategy="recurse")
     return result if result is not None else {}
+
+
+def template_fields(template):
+    """The field names a layer template uses, in order (``config/group/{type}.{group}`` -> type, group)."""
+    return _FIELD.findall(template)

@@ -51,6 +51,7 @@ import salt.payload
 
 import saltconsul_client
 import saltconsul_config
+import saltconsul_kv
 import saltconsul_kvtree
 from saltconsul_errors import ConsulError
 
@@ -273,20 +274,10 @@ class Store:
         """
         if len(specs) > MAX_TXN_OPS:
             raise ConsulError(f"too many layers for one Consul transaction ({len(specs)} > {MAX_TXN_OPS})")
-        ops = [{"KV": {"Verb": "get-tree", "Key": root + "/"}} for _, root, _, _ in specs]
         started = time.time()
-        resp = self.client.request("PUT", "/v1/txn", json=ops, idempotent=True)
-        body = resp.json() or {}
-        if body.get("Errors"):
-            # Read-only get-tree ops do not fail; report only the ops' indexes.
-            where = [e.get("OpIndex") for e in body["Errors"]]
-            raise ConsulError(f"PUT /v1/txn: Consul reported errors for layer operations {where}")
-        results = body.get("Results") or []
-        grouped = _group(results, [root for _, root, _, _ in specs])
+        trees, warnings = fetch_trees(self.client, [spec[1:] for spec in specs])
         out = {}
-        warnings = []
-        for (layer_key, root, mode, leaf_key), entries in zip(specs, grouped):
-            tree = saltconsul_kvtree.tree_from_consul(entries, root, mode, leaf_key, warnings)
+        for (layer_key, root, _mode, _leaf_key), tree in zip(specs, trees):
             layer = Layer(root, index, started, _dumps(tree), epoch=self.epoch)
             self.layers[layer_key] = layer
             self._write_file(layer_key, layer)
@@ -400,3 +391,83 @@ def reset():
         for store in _STORES.values():
             store.watcher.index = None
         _STORES.clear()
+
+
+def fetch_trees(client, layers):
+    """
+    Read ``layers`` (``[(root, mode, leaf_key)]``) from Consul in one ``PUT
+    /v1/txn`` (a read-only ``get-tree`` per layer) and decode them: ``(trees,
+    warnings)``, warnings as ``(key, what)`` (key names only, never values).
+    What a compile fetches (:meth:`Store.fetch`) and what the runners show.
+    """
+    ops = [{"KV": {"Verb": "get-tree", "Key": root + "/"}} for root, _, _ in layers]
+    resp = client.request("PUT", "/v1/txn", json=ops, idempotent=True)
+    body = resp.json() or {}
+    if body.get("Errors"):
+        # Read-only get-tree ops do not fail; report only the ops' indexes.
+        where = [e.get("OpIndex") for e in body["Errors"]]
+        raise ConsulError(f"PUT /v1/txn: Consul reported errors for layer operations {where}")
+    results = body.get("Results") or []
+    grouped = _group(results, [root for root, _, _ in layers])
+    warnings = []
+    trees = [
+        saltconsul_kvtree.tree_from_consul(entries, root, mode, leaf_key, warnings)
+        for (root, mode, leaf_key), entries in zip(layers, grouped)
+    ]
+    return trees, warnings
+
+
+def check_readable(client, roots):
+    """
+    Raise ConsulPermissionDenied unless the client's token may read each
+    layer folder. Consul silently filters unreadable keys out of a
+    transaction and of listings, so a token without read would look like
+    empty layers; a plain read of the folder key (``<root>/``) is answered
+    403 instead. One small request per folder (runners, not compiles).
+    """
+    for root in roots:
+        client.request("GET", saltconsul_kv.kv_path(root + "/"), not_found_ok=True)
+
+
+def cache_report(opts, conf, layers, index):
+    """
+    How the master's pillar cache stands for ``layers`` (``[(root, mode,
+    leaf_key)]``) against Consul's current watch ``index``, without
+    requests or writes: ``{"summary": text, "layers": {root: {"state":
+    "fresh" | "stale" | "absent", "fetched_at"}}}``.
+
+    The store of this process is used if one exists (the ext_pillar runs in
+    it); otherwise the master's cache files (shared by all master processes).
+    A layer is fresh when its copy was fetched at the current index.
+    """
+    probe = Store(opts, conf["cache_dir"], conf["watch_prefix"], "always", conf["watch_wait"])
+    with _STORES_LOCK:
+        live = [
+            store
+            for key, store in _STORES.items()
+            if key[0] == os.getpid() and store.cache_dir == conf["cache_dir"] and store.identity == probe.identity
+        ]
+    store = live[0] if live else probe
+    out = {}
+    for root, mode, leaf_key in layers:
+        layer_key = store.layer_key(root, mode, leaf_key)
+        layer = store.layers.get(layer_key) if live else store._read_file(layer_key)
+        if layer is None:
+            out[root] = {"state": "absent", "fetched_at": None}
+            continue
+        fresh = layer.index == index and (not live or layer.epoch == store.epoch)
+        out[root] = {"state": "fresh" if fresh else "stale", "fetched_at": layer.fetched_at}
+    probe.client.close()
+    probe.watcher.client.close()
+    states = sorted({item["state"] for item in out.values()})
+    where = "this process's pillar cache" if live else f"the master's pillar cache files in {conf['cache_dir']}"
+    if not out:
+        summary = "no layer to compare with the cache"
+    elif states == ["fresh"]:
+        summary = f"{where}: every layer fresh (fetched at Consul's current index)"
+    elif states == ["absent"]:
+        summary = f"{where}: no copy of these layers (never compiled with this config and token)"
+    else:
+        counts = ", ".join(f"{sum(1 for i in out.values() if i['state'] == s)} {s}" for s in states)
+        summary = f"{where}: {counts} (stale: Consul changed since; the next compile fetches again)"
+    return {"summary": summary, "layers": out}
