@@ -22,7 +22,7 @@ Events arrive on the master as ``salt/beacon/<minion_id>/consul_watch/kv/<prefix
 and ``salt/beacon/<minion_id>/consul_watch/service/<name>`` with the same
 payload as the engine's events (keys and healthy instances, never values).
 
-Salt's beacons loader (3007.1) does not put the utils dirs on ``sys.path`` the
+Salt's beacons loader (3006 to 3008) does not put the utils dirs on ``sys.path`` the
 way the engines, runners and execution-module loaders do, so this beacon adds
 ``<extension_modules>/utils`` (where ``saltutil.sync_utils`` puts our utils)
 and any ``utils_dirs`` itself before importing ``saltconsul_*``.
