@@ -7,7 +7,10 @@ Prints, for the second apply (nothing changed since the first):
 
 * ``state_100_services_second_apply_writes`` — PUT/DELETE requests (must be 0:
   a compliant re-run writes nothing and so never resets a check);
-* ``state_100_services_second_apply_requests`` — all HTTP requests (reads);
+* ``state_100_services_second_apply_requests`` — all HTTP requests (reads;
+  goal at most 3: one snapshot of the agent's services and checks per run);
+* ``state_100_services_first_apply_{requests,writes}`` — the first run: 100
+  registrations plus the snapshot's reads;
 * ``state_100_services_{first,second}_apply_seconds`` — wall time.
 
 The counters are the shared client's own (``ConsulClient.stats``): the State
@@ -110,7 +113,7 @@ def run(agent):
         sls = _sls(agent)
         first_s, first_changed = _apply(opts, context, sls)
         stats = saltconsul_client.get_client(opts, context).stats
-        before = dict(stats)
+        before = dict(stats)  # the first run's counts (the client is new)
         second_s, second_changed = _apply(opts, context, sls)
         after = dict(saltconsul_client.get_client(opts, context).stats)
         if first_changed != SERVICES or second_changed != 0:
@@ -118,6 +121,8 @@ def run(agent):
         return [
             ("state_100_services_first_apply_seconds", first_s),
             ("state_100_services_second_apply_seconds", second_s),
+            ("state_100_services_first_apply_requests", before["requests"]),
+            ("state_100_services_first_apply_writes", before["writes"]),
             ("state_100_services_second_apply_writes", after["writes"] - before["writes"]),
             ("state_100_services_second_apply_requests", after["requests"] - before["requests"]),
         ]

@@ -72,6 +72,17 @@ def own_consul(name, tmp_path_factory, kv=None, **kwargs):
         agent.cleanup()
 
 
+def _unmask_args():
+    import salt.version
+
+    return ("unmask=True",) if salt.version.__saltstack_version__.major >= 3008 else ()
+
+
+# Salt 3008 masks pillar values in pillar.get/items output unless asked not
+# to (3006 has no such option): append to a pillar.* call's CLI arguments.
+UNMASK = _unmask_args()
+
+
 def state_loader(opts, functions, utils, serializers, context):
     """
     ``salt.loader.states`` for one minion identity, under a module namespace of

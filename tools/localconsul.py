@@ -121,6 +121,25 @@ def free_udp_tcp_port(host="127.0.0.1"):
     raise RuntimeError("no free TCP+UDP port on loopback")
 
 
+def distinct_ports(host, pickers, taken=(), tries=50):
+    """
+    ``{name: port}``, one free port per picker and no two the same: the OS may
+    hand a just-released port out again, and Consul refuses to start when two
+    of its listeners share one ("already configured for DNS").
+    """
+    ports = {}
+    taken = set(taken)
+    for name, pick in pickers.items():
+        for _ in range(tries):
+            port = pick(host)
+            if port not in taken and port not in ports.values():
+                ports[name] = port
+                break
+        else:
+            raise RuntimeError(f"no distinct free port for {name} on {host}")
+    return ports
+
+
 class LocalConsul:
     """One Consul server agent on 127.0.0.1 (or another loopback address)."""
 
@@ -145,18 +164,15 @@ class LocalConsul:
         self.extra_config = extra_config or {}
         self.workdir = tempfile.mkdtemp(prefix=f"consul-{datacenter}-")
         self.log_dir = log_dir or self.workdir
-        self.ports = {
-            "http": free_port(bind),
-            "dns": free_udp_tcp_port(bind),
-            "serf_lan": free_udp_tcp_port(bind),
-            "serf_wan": free_udp_tcp_port(bind),
-            "server": free_port(bind),
-        }
+        self.ports = distinct_ports(
+            bind, {"http": free_port, "dns": free_udp_tcp_port, "serf_lan": free_udp_tcp_port,
+                   "serf_wan": free_udp_tcp_port, "server": free_port}
+        )
         # tls: {"cert_file", "key_file", "ca_file", "verify_incoming"} -> an HTTPS
         # listener next to the plain one (which the readiness checks use).
         self.tls = tls
         if tls:
-            self.ports["https"] = free_port(bind)
+            self.ports.update(distinct_ports(bind, {"https": free_port}, taken=self.ports.values()))
         self.proc = None
         self._log = None
 

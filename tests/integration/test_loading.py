@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import DEV_MINION, PROD_MINION, REPO
+from conftest import DEV_MINION, PROD_MINION, REPO, UNMASK
 
 
 def test_sync_all_minion_side(prod_minion, dev_minion, salt_cli):
@@ -112,7 +112,7 @@ def test_pip_install_entry_point(pip_prefix, consul_agent, tmp_path):
     prefix = f"piptest-{os.getpid()}"
     consul_agent.api("PUT", f"/v1/kv/{prefix}/stg/app/greeting", b"hello stg")
     rc, pillar, proc = _salt_call(
-        tmp_path, consul_agent, pip_prefix, "pillar.get", "app",
+        tmp_path, consul_agent, pip_prefix, "pillar.get", "app", *UNMASK,
         ext_pillar=[{"consul": {"layers": [prefix + "/{type}"]}}],
     )
     consul_agent.api("DELETE", f"/v1/kv/{prefix}?recurse")

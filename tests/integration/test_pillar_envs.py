@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+from conftest import UNMASK
+
 PROD = "web01.prod.gg.mydc1.example.com"
 DEV = "web01.dev.gg.mydc1.example.com"
 
@@ -70,22 +72,22 @@ def test_same_sls_different_environments(salt_cli, prod_minion, dev_minion, cons
     assert "hosts = db-global\n" in dev
 
     # exact strings: "50" is not turned into an int, the JSON array is a list
-    ret = salt_cli.run("pillar.get", "pillar_demo", minion_tgt=prod_minion.id)
+    ret = salt_cli.run("pillar.get", "pillar_demo", *UNMASK, minion_tgt=prod_minion.id)
     assert ret.data["db"] == {"pool_size": "50", "hosts": ["db01.prod", "db02.prod"]}
 
 
 def test_kv_change_visible_after_refresh_pillar(salt_cli, prod_minion, dev_minion, consul_agent, demo_kv):
     refresh(salt_cli, prod_minion)
-    assert salt_cli.run("pillar.get", "pillar_demo:db:pool_size", minion_tgt=prod_minion.id).data == "50"
+    assert salt_cli.run("pillar.get", "pillar_demo:db:pool_size", *UNMASK, minion_tgt=prod_minion.id).data == "50"
 
     put(consul_agent, "config/type/prod/pillar_demo/db/pool_size", "64")
     try:
         refresh(salt_cli, prod_minion)
-        ret = salt_cli.run("pillar.get", "pillar_demo:db:pool_size", minion_tgt=prod_minion.id)
+        ret = salt_cli.run("pillar.get", "pillar_demo:db:pool_size", *UNMASK, minion_tgt=prod_minion.id)
         assert ret.data == "64"
         assert "pool_size = 64\n" in apply_demo(salt_cli, prod_minion)
         # the other environment did not move
         refresh(salt_cli, dev_minion)
-        assert salt_cli.run("pillar.get", "pillar_demo:db:pool_size", minion_tgt=dev_minion.id).data == "2"
+        assert salt_cli.run("pillar.get", "pillar_demo:db:pool_size", *UNMASK, minion_tgt=dev_minion.id).data == "2"
     finally:
         put(consul_agent, "config/type/prod/pillar_demo/db/pool_size", KV["config/type/prod/pillar_demo/db/pool_size"])

@@ -8,7 +8,7 @@ a never-seen minion during an outage (a clear pillar error; no highstate).
 import os
 
 import pytest
-from conftest import consul_opts, own_consul, synced_master, synced_minion
+from conftest import UNMASK, consul_opts, own_consul, synced_master, synced_minion
 
 SPOOF = "web02.prod.gg.mydc1.example.com"
 NEVER_SEEN = "web09.prod.gg.mydc1.example.com"
@@ -53,7 +53,7 @@ def _call(minion, *args):
 def test_grains_claiming_another_env_get_the_ids_env(spoof_minion):
     assert _call(spoof_minion, "grains.get", "env:type").data == "dev"
     assert _call(spoof_minion, "saltutil.refresh_pillar", "wait=True").data is True
-    demo = _call(spoof_minion, "pillar.get", "pillar_demo").data
+    demo = _call(spoof_minion, "pillar.get", "pillar_demo", *UNMASK).data
     assert demo["db"]["pool_size"] == "50"
     assert demo["db"]["password"] == "prod-only-s3cret"
     ret = _call(spoof_minion, "state.apply", "pillar_demo")
@@ -64,7 +64,7 @@ def test_grains_claiming_another_env_get_the_ids_env(spoof_minion):
 
 def test_consul_down_serves_last_good_marked_stale(outage_master, outage_consul, spoof_minion):
     assert _call(spoof_minion, "saltutil.refresh_pillar", "wait=True").data is True
-    fresh = _call(spoof_minion, "pillar.items").data
+    fresh = _call(spoof_minion, "pillar.items", *UNMASK).data
     assert "consul_pillar" not in fresh and fresh["pillar_demo"]["db"]["pool_size"] == "50"
 
     # the last good copies on the master: mode 0600
@@ -76,7 +76,7 @@ def test_consul_down_serves_last_good_marked_stale(outage_master, outage_consul,
 
     outage_consul.stop()
     assert _call(spoof_minion, "saltutil.refresh_pillar", "wait=True").data is True
-    stale = _call(spoof_minion, "pillar.items").data
+    stale = _call(spoof_minion, "pillar.items", *UNMASK).data
     assert stale["consul_pillar"]["stale"] is True
     assert stale["consul_pillar"]["age"] >= 0
     assert stale["pillar_demo"] == fresh["pillar_demo"]
@@ -102,7 +102,7 @@ def test_never_seen_minion_gets_a_clear_pillar_error(outage_master, outage_consu
     # Started during the outage, so no sync (nothing it needs is synced anyway).
     factory = outage_master.salt_minion_daemon(NEVER_SEEN, overrides={"consul": consul_opts(outage_consul)})
     with factory.started():
-        items = _call(factory, "pillar.items").data
+        items = _call(factory, "pillar.items", *UNMASK).data
         errors = items.get("_errors") or []
         assert any("Failed to load ext_pillar consul" in e and "no last good copy" in e for e in errors), items
         assert "pillar_demo" not in items

@@ -16,7 +16,7 @@ pillar) is in ``test_pillar_outage.py``.
 
 import pytest
 
-from conftest import consul_opts, own_consul, synced_master, synced_minion
+from conftest import UNMASK, consul_opts, own_consul, synced_master, synced_minion
 
 SPOOF = "web01.dev.gg.mydc1.example.com"
 CLAIM = {"type": "prod", "group": "gg", "datacenter": "mydc1", "postfix": "prod.gg.mydc1"}
@@ -78,7 +78,7 @@ def test_claimed_environment_gets_no_pillar_and_cannot_register(spoofer, spoof_c
     env = _call(spoofer, "consul.env")
     assert (env["type"], env["sources"]["type"]) == ("dev", "master")
     assert _call(spoofer, "saltutil.refresh_pillar", "wait=True") is True
-    pillar = _call(spoofer, "pillar.items")
+    pillar = _call(spoofer, "pillar.items", *UNMASK)
     assert pillar["consul_env"]["type"] == "dev" and pillar["consul_env"]["postfix"] == "dev.gg.mydc1"
     assert pillar["consul_env"]["minion_id"] == SPOOF
     assert pillar["spoofdemo"] == {"name": "shop", "pool": "2"}
