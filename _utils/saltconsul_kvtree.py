@@ -42,13 +42,13 @@ import base64
 import binascii
 import json
 import logging
-import re
 
 import salt.utils.dictupdate
 import salt.utils.json
 import salt.utils.yaml
 
 import saltconsul_kv
+import saltconsul_layers
 
 log = logging.getLogger(__name__)
 
@@ -57,103 +57,22 @@ DEFAULT_LEAF_KEY = "_value"
 
 # Non-overlapping roots: no layer lies inside another one's folder, so a
 # type-level layer can never carry every group's config along with it.
-DEFAULT_LAYERS = (
-    "config/global",
-    "config/dc/{datacenter}",
-    "config/type/{type}",
-    "config/group/{type}.{group}",
-    "config/env/{type}.{group}.{datacenter}",
-    "config/node/{minion_id}",
-)
-TEMPLATE_FIELDS = ("type", "group", "datacenter", "role", "host", "postfix", "minion_id")
-
-_FIELD = re.compile(r"{([^{}]*)}")
-# A minion ID that may become one KV path segment: hostname-like, no "/", no "..".
-_MINION_ID = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
+# The layer template language lives in saltconsul_layers (one definition);
+# these names stay here for the callers that know them from this module.
+DEFAULT_LAYERS = saltconsul_layers.DEFAULT_LAYERS
+TEMPLATE_FIELDS = saltconsul_layers.TEMPLATE_FIELDS
+TemplateError = saltconsul_layers.TemplateError
+safe_minion_id = saltconsul_layers.safe_minion_id
+check_path = saltconsul_layers.check_path
+check_template = saltconsul_layers.check_template
+render_template = saltconsul_layers.render_template
+nested_templates = saltconsul_layers.nested_templates
+template_fields = saltconsul_layers.template_fields
 # Bound the warnings one tree build can log; the rest are counted.
 MAX_WARNINGS = 10
 _JSON_START = ("{", "[")
 # (outer, inner) template pairs already warned about, once per process.
 WARNED_NESTED = set()
-
-
-class TemplateError(ValueError):
-    """A layer template that can never render a safe KV path."""
-
-
-def safe_minion_id(minion_id):
-    """True if ``minion_id`` can be one KV path segment (no ``/``, no ``..``, ASCII)."""
-    return isinstance(minion_id, str) and bool(_MINION_ID.match(minion_id)) and ".." not in minion_id
-
-
-def check_path(path, what="layer"):
-    """
-    Validate a KV folder path (no leading or trailing ``/``, no empty, ``.`` or
-    ``..`` segments) and return it; raise :class:`TemplateError` otherwise.
-    """
-    if not isinstance(path, str) or not path:
-        raise TemplateError(f"{what} path must be a non-empty string")
-    if path.startswith("/") or path.endswith("/"):
-        raise TemplateError(f"{what} path {path!r} must not start or end with '/'")
-    for segment in path.split("/"):
-        if segment in ("", ".", ".."):
-            raise TemplateError(f"{what} path {path!r} has an empty, '.' or '..' segment")
-    return path
-
-
-def check_template(template):
-    """Validate a layer template (literal parts and field names); return it."""
-    if not isinstance(template, str):
-        raise TemplateError(f"layer template must be a string, not {type(template).__name__}")
-    for field in _FIELD.findall(template):
-        if field not in TEMPLATE_FIELDS:
-            raise TemplateError(
-                f"layer template {template!r}: unknown field {{{field}}} "
-                f"(known: {', '.join(TEMPLATE_FIELDS)})"
-            )
-    # Check the literal shape with every field replaced by a harmless label.
-    check_path(_FIELD.sub("x", template), what="layer template")
-    if "{" in _FIELD.sub("", template) or "}" in _FIELD.sub("", template):
-        raise TemplateError(f"layer template {template!r} has an unbalanced brace")
-    return template
-
-
-def render_template(template, values):
-    """
-    Render a layer template with ``values`` (env fields and ``minion_id``).
-
-    Returns the KV folder path, or None if a field it names is unknown (None or
-    empty) for this minion: the layer is then skipped, never widened.
-    Field values are used verbatim; callers pass only validated labels and a
-    :func:`safe_minion_id`.
-    """
-    missing = []
-
-    def _sub(match):
-        value = values.get(match.group(1))
-        if not value or not isinstance(value, str):
-            missing.append(match.group(1))
-            return ""
-        return value
-
-    rendered = _FIELD.sub(_sub, template)
-    if missing:
-        return None
-    return check_path(rendered)
-
-
-def nested_templates(templates):
-    """
-    Pairs ``(outer, inner)`` where ``inner`` lies inside ``outer``'s folder:
-    ``outer``'s tree then contains ``inner``'s keys *and* those of all its
-    siblings (every group's folder inside a type's).
-    """
-    pairs = []
-    for outer in templates:
-        for inner in templates:
-            if inner != outer and inner.startswith(outer + "/"):
-                pairs.append((outer, inner))
-    return pairs
 
 
 def decode_value(raw, mode="auto", key=None, warnings=None):
@@ -321,8 +240,3 @@ def merge_trees(trees):
         else:
             result = salt.utils.dictupdate.merge(result, tree, strategy="recurse")
     return result if result is not None else {}
-
-
-def template_fields(template):
-    """The field names a layer template uses, in order (``config/group/{type}.{group}`` -> type, group)."""
-    return _FIELD.findall(template)

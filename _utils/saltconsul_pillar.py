@@ -25,6 +25,7 @@ from salt.exceptions import SaltInvocationError
 
 import saltconsul_env
 import saltconsul_kvtree
+import saltconsul_layers
 import saltconsul_pillarcache
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def parse_config(opts, kwargs):
             saltconsul_kvtree.check_template(template)
         except saltconsul_kvtree.TemplateError as err:
             raise SaltInvocationError(f"consul ext_pillar: {err}") from None
-        layers.append((template, mode))
+        layers.append(saltconsul_layers.LayerSpec(template, mode))
     conf["layers"] = layers
 
     templates = [t for t, _ in layers]

@@ -41,22 +41,24 @@ can wait on a stop event and the beacon can return immediately.
 
 import logging
 import random
-import re
 import time
 
-from saltconsul_env import DEFAULT_TYPES, LABEL_PATTERN
+import saltconsul_layers
+import saltconsul_pillar
+from salt.exceptions import SaltInvocationError
 from saltconsul_errors import ConsulError, ConsulNotFound, ConsulPermissionDenied
-from saltconsul_kvtree import DEFAULT_LAYERS
+from saltconsul_layers import DEFAULT_LAYERS
 
 log = logging.getLogger(__name__)
 
 TAG_PREFIX = "salt/consul"
 # Bound the key lists an event carries; a larger burst says ``truncated``.
 MAX_KEYS = 500
-_LABEL = LABEL_PATTERN
-_POSTFIX = r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?"
-_MINION_ID = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}"
-_FIELD = re.compile(r"{(\w+)}")
+# Matching a KV key back to a layer lives in saltconsul_layers (one definition).
+compile_layers = saltconsul_layers.compile_layers
+layer_matches = saltconsul_layers.layer_matches
+known_values = saltconsul_layers.known_values
+key_env = saltconsul_layers.key_env
 
 
 def _norm_prefix(prefix):
@@ -84,105 +86,18 @@ def configured_layers(opts):
 
 def pillar_layers(opts):
     """
-    The layer templates the master's ``consul`` ext_pillar reads: its
-    ``layers`` argument, else ``consul:pillar:layers``, else the default.
-    Items may be strings or ``{path: ..., decode: ...}`` mappings.
+    The layer templates the master's ``consul`` ext_pillar reads, from the
+    ext_pillar's own parser (``saltconsul_pillar``: its entry's ``layers``,
+    else ``consul:pillar:layers``, else the default). A configuration the
+    ext_pillar would refuse gives the default layers and a warning.
     """
-    layers = None
-    for entry in (opts or {}).get("ext_pillar") or []:
-        if isinstance(entry, dict) and isinstance(entry.get("consul"), dict) and entry["consul"].get("layers"):
-            layers = entry["consul"]["layers"]
-            break
-    if layers is None:
-        section = ((opts or {}).get("consul") or {}).get("pillar")
-        if isinstance(section, dict):
-            layers = section.get("layers")
-    if not layers:
+    try:
+        kwargs, _count = saltconsul_pillar.ext_pillar_kwargs(opts)
+        layers = saltconsul_pillar.parse_config(opts, kwargs)["layers"]
+    except (SaltInvocationError, ValueError) as err:
+        log.warning("consul watch: the consul ext_pillar configuration is invalid (%s); using the default layers", err)
         return list(DEFAULT_LAYERS)
-    return [item.get("path") if isinstance(item, dict) else item for item in layers if item]
-
-
-def compile_layers(layers=None, types=None):
-    """
-    Turn layer templates (``config/group/{type}.{group}``) into matchers,
-    most specific (most fields) first. ``{type}`` only matches a configured
-    type; ``{datacenter}`` never matches a type or ``global``, so with a
-    nested layout (``config/{datacenter}`` and ``config/{type}``)
-    ``config/prod/...`` is read as a type, not a datacenter.
-    """
-    types = [t for t in (types or DEFAULT_TYPES) if re.fullmatch(_LABEL, str(t))]
-    type_re = "|".join(re.escape(t) for t in types) or "(?!)"
-    not_type = "(?!(?:" + "|".join([re.escape(t) for t in types] + ["global"]) + ")(?:/|$))"
-    compiled = []
-    for template in layers or DEFAULT_LAYERS:
-        template = str(template).strip("/")
-        parts = []
-        pos = 0
-        for match in _FIELD.finditer(template):
-            parts.append(re.escape(template[pos : match.start()]))
-            field = match.group(1)
-            if field == "type":
-                parts.append(f"(?P<type>{type_re})")
-            elif field == "datacenter":
-                parts.append(f"{not_type}(?P<datacenter>{_LABEL})")
-            elif field == "minion_id":
-                parts.append(f"(?P<minion_id>{_MINION_ID})")
-            elif field == "postfix":
-                parts.append(f"(?P<postfix>{_POSTFIX})")
-            else:
-                parts.append(f"(?P<{field}>{_LABEL})")
-            pos = match.end()
-        parts.append(re.escape(template[pos:]))
-        regex = re.compile("^" + "".join(parts) + "(?:/|$)")
-        compiled.append((template, len(_FIELD.findall(template)), regex))
-    compiled.sort(key=lambda item: -item[1])
-    return compiled
-
-
-def layer_matches(key, compiled):
-    """
-    Every layer whose root contains ``key``, most specific first, as
-    ``{"layer": template, <field>: value, ...}``. With the default layout
-    (no layer folder inside another) that is at most one. With a nested
-    layout a key under ``config/prod/gg/db/`` matches ``config/{type}/{group}/{datacenter}`` with
-    ``datacenter: db`` as well as ``config/{type}/{group}``: only a caller that
-    knows the real datacenters (the master, from minion IDs) can tell which.
-    """
-    found = []
-    for template, _count, regex in compiled:
-        match = regex.match(key)
-        if match:
-            found.append(dict(match.groupdict(), layer=template))
-    return found
-
-
-def known_values(envs):
-    """
-    ``{field: {values}}`` from ``{minion_id: env}``: the environment values that
-    really exist (plus ``minion_id``), used to tell a datacenter folder from a
-    nested pillar key of the same name.
-    """
-    known = {"minion_id": set(envs)}
-    for env in envs.values():
-        for field, value in env.items():
-            if isinstance(value, str) and field not in ("name", "pattern"):
-                known.setdefault(field, set()).add(value)
-    return known
-
-
-def key_env(key, compiled, known=None):
-    """
-    The environment ``key`` belongs to: the most specific matching layer, or
-    with ``known`` (see :func:`known_values`) the most specific one whose
-    values all exist (nested layouts: ``config/prod/gg/app/x`` is
-    ``{type: prod, group: gg}`` when there is no datacenter called ``app``).
-    None if no layer fits.
-    """
-    for match in layer_matches(key, compiled):
-        fields = {k: v for k, v in match.items() if k != "layer"}
-        if known is None or all(v in known.get(k, ()) for k, v in fields.items()):
-            return match
-    return None
+    return [spec.template for spec in layers]
 
 
 # --------------------------------------------------------------------------- watches
