@@ -17,10 +17,10 @@ pull itself into (or out of) a prod rollout.
 
 import logging
 
-import salt.key
 from salt.exceptions import SaltInvocationError
 
 import saltconsul_env
+import saltconsul_fleet
 import saltconsul_watch
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ def __virtual__():
 
 
 def _accepted():
-    keys = salt.key.get_key(__opts__).list_status("accepted")
-    return sorted(keys.get("minions") or [])
+    return saltconsul_fleet.accepted_minions(__opts__)
 
 
 def _envs():
