@@ -49,6 +49,7 @@ import time
 
 import salt.payload
 
+import saltconsul_blocking
 import saltconsul_client
 import saltconsul_config
 import saltconsul_kv
@@ -90,6 +91,10 @@ class Layer:
     def tree(self):
         """A private copy of the tree (callers and Salt's merge may mutate it)."""
         return _loads(self.blob)
+
+
+# The least time between two index queries of one watch.
+MIN_INTERVAL = 0.5
 
 
 class Watcher:
@@ -147,11 +152,15 @@ class Watcher:
                 log.info("consul pillar: index watch on %s stopped: %s", self.path, err)
                 self.index = None
                 return
+            if new:  # 0: the prefix is empty (404); the watch ends and the next compile re-arms
+                new, reset = saltconsul_blocking.next_index(index, new)
+                if reset:
+                    log.info("consul pillar: index on %s went back (%s -> %s)", self.path, index, new)
             if new != index:
                 self.index = new
-            elif time.monotonic() - started < 0.5:
-                # Same index at once (Consul resets, index gone backwards): never spin.
-                time.sleep(0.5)
+            else:
+                # Same index at once (Consul may answer early): never spin.
+                time.sleep(max(0.0, saltconsul_blocking.not_before(started, MIN_INTERVAL) - time.monotonic()))
 
 
 def _sha(*parts):

@@ -40,9 +40,9 @@ can wait on a stop event and the beacon can return immediately.
 """
 
 import logging
-import random
 import time
 
+import saltconsul_blocking
 import saltconsul_layers
 import saltconsul_pillar
 from salt.exceptions import SaltInvocationError
@@ -357,13 +357,10 @@ class Watcher:
             return []
         now = self.clock()
         self.failures = 0
-        if index is not None and self.index is not None and index < self.index:
-            # The agent came back with less history (restart without data, a
-            # new server): the old index would block until timeout. Reset.
+        index, reset = saltconsul_blocking.next_index(self.index, index)
+        if reset:
             log.info("consul watch %s: index went back (%s -> %s), re-read", self.watch.name, self.index, index)
             self.stats["resets"] += 1
-        if index is not None and index < 1:
-            index = 1  # Consul never blocks on 0; treat as the start of history
         self.index = index
         self.resync = False
         if self.reported is None:
@@ -376,7 +373,7 @@ class Watcher:
             self.last_change = now
         # The minimum gap between queries, whatever Consul did (an immediate
         # answer with the same index must not turn into a tight loop).
-        self.not_before = started + self.min_interval
+        self.not_before = saltconsul_blocking.not_before(started, self.min_interval)
         if index is None:
             # No index to block on (empty prefix): a plain poll every poll_interval.
             self.not_before = now + self.poll_interval
@@ -388,10 +385,9 @@ class Watcher:
         self.failures += 1
         self.stats["errors"] += 1
         self.resync = True
-        delay = min(self.backoff_max, self.backoff_base * (2 ** min(self.failures - 1, 16)))
-        delay = delay * (0.75 + random.random() * 0.25)  # jitter: many watchers do not retry in step
-        if isinstance(err, ConsulPermissionDenied):
-            delay = self.backoff_max  # will not fix itself soon
+        delay = saltconsul_blocking.backoff(
+            self.failures, self.backoff_base, self.backoff_max, permanent=isinstance(err, ConsulPermissionDenied)
+        )
         self.not_before = self.clock() + delay
         # The message names method, path and cause; never a token or value.
         level = logging.WARNING if self.failures in (1, 5) or self.failures % 20 == 0 else logging.DEBUG
