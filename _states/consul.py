@@ -565,6 +565,11 @@ def check_present(
     method=None,
     header=None,
     tls_skip_verify=None,
+    alias_service=None,
+    alias_node=None,
+    grpc_use_tls=None,
+    success_before_passing=None,
+    failures_before_critical=None,
     token=None,
 ):
     """
@@ -577,8 +582,9 @@ def check_present(
         The check ID (default: ``name``).
     service_id
         Attach the check to this service.
-    http / tcp / ttl / grpc / args
-        Exactly one: the kind of check and its target.
+    http / tcp / ttl / grpc / args / alias_service
+        Exactly one: the kind of check and its target (the same vocabulary as
+        ``consul.check_register``; ``alias_node`` goes with ``alias_service``).
     interval, timeout, deregister_critical_service_after
         Consul durations such as ``10s``.
     status
@@ -588,6 +594,10 @@ def check_present(
         fingerprint of the definition, since Consul does not return it.
     method, header, tls_skip_verify
         HTTP check options; header values are never shown.
+    grpc_use_tls
+        Use TLS for a grpc check.
+    success_before_passing / failures_before_critical
+        Consecutive results needed to flip status.
     token
         ACL token for this state's calls.
     """
@@ -610,6 +620,11 @@ def check_present(
             "method": method,
             "header": header,
             "tls_skip_verify": tls_skip_verify,
+            "alias_service": alias_service,
+            "alias_node": alias_node,
+            "grpc_use_tls": grpc_use_tls,
+            "success_before_passing": success_before_passing,
+            "failures_before_critical": failures_before_critical,
         }
         check = _spec(saltconsul_service.service_check, {k: v for k, v in spec.items() if v is not None}, service_id, 0)
         kind = saltconsul_service.check_kind(check)

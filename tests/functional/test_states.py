@@ -659,3 +659,18 @@ def test_env_query_dns(states, consul_agent, testmode, unique, cleanup):
     gone = states("env_query_absent", name=service)
     assert gone["result"] is True and gone["changes"]["new"] is None
     assert dns_query(dns, f"{service}.prod.gg.mydc1.query.consul")[0] == 3
+
+
+def test_check_present_takes_the_modules_whole_check_vocabulary(states, consul_agent, unique, cleanup):
+    """An alias check (and the counters) through consul.check_present, as consul.check_register takes them."""
+    cid = f"alias-{unique}"
+    cleanup["checks"].append(cid)
+    kwargs = dict(check_id=cid, alias_service="web", success_before_passing=2, failures_before_critical=3)
+    predicted = states("check_present", test=True, name="alias", **kwargs)
+    assert predicted["result"] is None and predicted["changes"]["new"]["alias_service"] == "web"
+    ret = states("check_present", name="alias", **kwargs)
+    assert ret["result"] is True and ret["changes"], ret
+    check = consul_agent.api_json("GET", "/v1/agent/checks")[cid]
+    assert check["Type"] == "alias"
+    again = states("check_present", name="alias", **kwargs)
+    assert again["result"] is True and again["changes"] == {}
