@@ -20,7 +20,15 @@ PYTHON_3006 ?= $(shell for c in python3.10 $$(pyenv root 2>/dev/null)/versions/3
 VENV_3006 ?= .venv-salt3006
 PY_3006 := $(VENV_3006)/bin/python
 
-.PHONY: all venv venv-salt3006 consul check-install test test-salt3006 demo bench lock clean
+# Salt 3008 on Python 3.13 too (the newest Python installable here; the
+# onedir's 3.14 is not): the unit and functional tiers.
+LOCK_PY313 := requirements/salt3008-py3.13.txt
+PYTHON_313 ?= $(shell for c in python3.13 $$(pyenv root 2>/dev/null)/versions/3.13*/bin/python3.13; do \
+	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
+VENV_PY313 ?= .venv-py313
+PY_313 := $(VENV_PY313)/bin/python
+
+.PHONY: all venv venv-salt3006 venv-py313 consul check-install test test-salt3006 test-py313 demo bench lock clean
 
 all: test
 
@@ -37,9 +45,18 @@ $(VENV_3006)/.installed: $(LOCK_3006)
 	$(PY_3006) -m pip install -q --disable-pip-version-check -r $(LOCK_3006)
 	touch $@
 
+$(VENV_PY313)/.installed: $(LOCK_PY313)
+	@test -n "$(PYTHON_313)" || { echo "no Python 3.13 found (set PYTHON_313=...)" >&2; exit 1; }
+	rm -f $@
+	$(PYTHON_313) -m venv $(VENV_PY313)
+	$(PY_313) -m pip install -q --disable-pip-version-check -r $(LOCK_PY313)
+	touch $@
+
 venv: $(VENV)/.installed
 
 venv-salt3006: $(VENV_3006)/.installed
+
+venv-py313: $(VENV_PY313)/.installed
 
 tools/bin/consul:
 	bash tools/install-consul.sh
@@ -58,6 +75,10 @@ test: venv consul
 test-salt3006: venv-salt3006 consul
 	$(PY_3006) -m pytest $(PYTEST_ARGS) tests/functional tests/integration
 
+# The unit and functional tiers on Salt 3008 with Python 3.13.
+test-py313: venv-py313 consul
+	$(PY_313) -m pytest $(PYTEST_ARGS) tests/unit tests/functional
+
 demo: venv consul
 	$(PY) tools/demo.py
 
@@ -71,6 +92,7 @@ lock:
 	.venv-lock/bin/python -m pip install -q --disable-pip-version-check 'uv>=0.5'
 	cd requirements && ../.venv-lock/bin/uv pip compile -q --upgrade --python-version 3.11 salt3008.in -o salt3008-py3.11.txt
 	cd requirements && ../.venv-lock/bin/uv pip compile -q --upgrade --python-version 3.10 salt3006.in -o salt3006-py3.10.txt
+	cd requirements && ../.venv-lock/bin/uv pip compile -q --upgrade --python-version 3.13 salt3008.in -o salt3008-py3.13.txt
 
 clean:
-	rm -rf $(VENV) $(VENV_3006) .venv-lock tools/bin .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV_3006) $(VENV_PY313) .venv-lock tools/bin .pytest_cache .hypothesis
