@@ -36,6 +36,7 @@ import salt.utils.json
 import saltconsul_client
 import saltconsul_config
 import saltconsul_kv
+import saltconsul_saltext
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 from saltconsul_errors import ConsulError
 
@@ -56,6 +57,8 @@ def _profile(profile):
     """``(prefix, json, client overrides)`` from an sdb profile; unknown keys are an error."""
     if not isinstance(profile, dict):
         raise SaltInvocationError("sdb consul: the profile must be a mapping")
+    # saltext-consul's python-consul keys (host, port, dc, ...) still work.
+    profile = saltconsul_saltext.sdb_profile(profile)
     unknown = sorted(set(profile) - PROFILE_KEYS - set(saltconsul_config.DEFAULTS))
     if unknown:
         raise SaltInvocationError(f"sdb consul: unknown profile key(s) {', '.join(unknown)}")

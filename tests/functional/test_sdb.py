@@ -32,6 +32,16 @@ def sdb_loaders(functional_minion, consul_agent, consul_acl_agent, tmp_path_fact
     opts["csdbacl"] = {"driver": "consul", "address": consul_acl_agent.http_addr}
     opts["csdbwrong"] = {"driver": "consul", "address": consul_acl_agent.http_addr, "token_file": str(token_file)}
     opts["csdbbad"] = {"driver": "consul", "tokenfile": "/etc/x"}
+    host, port = consul_acl_agent.http_addr.split("://", 1)[1].rsplit(":", 1)
+    # saltext-consul's profile shape, naming the ACL agent (consul: names the other one)
+    opts["csdbsaltext"] = {
+        "driver": "consul",
+        "host": host,
+        "port": int(port),
+        "scheme": "http",
+        "consistency": "default",
+        "token": consul_acl_agent.master_token,
+    }
     loaders = Loaders(opts)
     try:
         yield loaders, prefix, wrong
@@ -147,3 +157,14 @@ def test_values_never_logged(sdb, caplog):
         assert sdb.set("sdb://csdb/log/pw", secret) is True
         assert sdb.get("sdb://csdb/log/pw") == secret
     assert secret not in caplog.text
+
+
+def test_saltext_consul_profile_keys(sdb, consul_acl_agent, caplog):
+    consul_acl_agent.api("PUT", "/v1/kv/sdbsaltext/pw", b"0123")
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert sdb.get("sdb://csdbsaltext/sdbsaltext/pw") == "0123"
+        assert "saltext-consul" in caplog.text
+        assert consul_acl_agent.master_token not in caplog.text
+    finally:
+        consul_acl_agent.api("DELETE", "/v1/kv/sdbsaltext?recurse")
