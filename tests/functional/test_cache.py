@@ -18,6 +18,7 @@ import uuid
 import pytest
 import salt.cache
 import salt.payload
+import salt.version
 from salt.exceptions import SaltCacheError
 
 import saltconsul_client
@@ -47,6 +48,16 @@ def cache(functional_minion, consul_agent, prefix):
 def entry(agent, key):
     status, body = agent.api("GET", f"/v1/kv/{key}")
     return json.loads(body)[0] if status == 200 else None
+
+
+def list_all(cache, bank, include_data=False):
+    """``Cache.list_all`` (Salt 3008); the driver function itself on Salt 3006."""
+    if hasattr(cache, "list_all"):
+        return cache.list_all(bank, include_data=include_data)
+    return cache.modules["consul.list_all"](bank, include_data=include_data)
+
+
+SALT_3008 = salt.version.__saltstack_version__.info >= (3008,)
 
 
 def requests_to(address):
@@ -86,7 +97,7 @@ def test_one_request_each(cache, consul_agent):
         lambda: cache.list("mine"),
         lambda: cache.contains("mine", "web01"),
         lambda: cache.contains("mine"),
-        lambda: cache.list_all("mine", include_data=True),
+        lambda: list_all(cache, "mine", include_data=True),
         lambda: cache.flush("mine", "web01"),
     ):
         before = requests_to(address)
@@ -105,8 +116,8 @@ def test_list_contains_and_siblings(cache, consul_agent, prefix):
     assert cache.contains("grains", "web1") is False
     assert cache.contains("grains", "web10") is True
     assert cache.contains("grains") is True
-    assert cache.list_all("grains", include_data=True) == {"web10": {"id": "web10"}, "web2": {"id": "web2"}}
-    assert cache.list_all("grains") == {"web10": None, "web2": None}
+    assert list_all(cache, "grains", include_data=True) == {"web10": {"id": "web10"}, "web2": {"id": "web2"}}
+    assert list_all(cache, "grains") == {"web10": None, "web2": None}
 
     cache.flush("grains", "web2")
     assert consul_agent.api("GET", f"/v1/kv/{prefix}/grains/web2")[0] == 404
@@ -117,6 +128,7 @@ def test_list_contains_and_siblings(cache, consul_agent, prefix):
     assert cache.fetch("grains2", "other") == {"id": "other"}
 
 
+@pytest.mark.skipif(not SALT_3008, reason="store(expires=) and clean_expired are Salt 3008's cache API")
 def test_expires_and_clean_expired(cache, consul_agent, prefix):
     cache.store("tokens", "short", {"name": "a"}, expires=1)
     cache.store("tokens", "long", {"name": "b"}, expires=3600)
