@@ -264,3 +264,47 @@ def test_read_ahead_copy_is_short_lived_and_dropped_on_write(functional_minion, 
     names = cache.list("grains")
     consul_agent.api("DELETE", f"/v1/kv/{prefix}/grains/b")
     assert {n: cache.fetch("grains", n) for n in names} == {"a": {"v": "a2"}, "b": {}, "c": {"v": "c2"}}
+
+
+def test_pip_install_entry_point_serves_cache_and_sdb(tmp_path, consul_agent, prefix):
+    """`pip install .`: Salt finds the cache and sdb drivers through the entry point alone."""
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "tools", "tests", "bench", "__pycache__", ".bench-venv*")
+    )
+    site_prefix = tmp_path / "prefix"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--prefix", str(site_prefix), str(src)],
+        capture_output=True, text=True, check=False, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    site = site_prefix / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    script = (
+        "import json, sys, salt.cache, salt.config, salt.loader, salt.utils.sdb\n"
+        "opts = salt.config.master_config(None)\n"
+        "opts.update(json.loads(sys.argv[1]))\n"
+        "c = salt.cache.factory(opts)\n"
+        "c.store('grains', 'piped', {'ok': 1})\n"
+        "path = sys.modules[c.modules['consul.fetch'].__module__].__file__\n"
+        "print(json.dumps([c.fetch('grains', 'piped'), path,"
+        " salt.utils.sdb.sdb_get('sdb://psdb/grains/raw', opts)]))\n"
+    )
+    opts = {
+        "cache": "consul",
+        "cachedir": str(tmp_path / "cachedir"),
+        "extension_modules": str(tmp_path / "extmods"),
+        "consul": {"address": consul_agent.http_addr, "cache": {"prefix": prefix}},
+        "psdb": {"driver": "consul", "prefix": prefix},
+    }
+    consul_agent.api("PUT", f"/v1/kv/{prefix}/grains/raw", b"via-entry-point")
+    env = dict({k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, PYTHONPATH=str(site))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(opts)],
+        capture_output=True, text=True, timeout=120, check=False, env=env, cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fetched, path, sdb_value = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert fetched == {"ok": 1}
+    assert path.startswith(str(site_prefix)) and path.endswith("share/salt-consul/cache/consul.py")
+    assert sdb_value == "via-entry-point"
