@@ -25,11 +25,11 @@ import saltconsul_client
 from conftest import REPO
 
 
-def cache_opts(functional_minion, address, **cache_section):
+def cache_opts(functional_minion, node_address, **cache_section):
     opts = copy.deepcopy(functional_minion.config)
     opts["cache"] = "consul"
     opts["cache_dirs"] = [str(REPO / "_cache")]
-    opts["consul"] = {"address": address, "retries": 0, "cache": cache_section}
+    opts["consul"] = {"address": node_address, "retries": 0, "cache": cache_section}
     return opts
 
 
@@ -308,3 +308,23 @@ def test_pip_install_entry_point_serves_cache_and_sdb(tmp_path, consul_agent, pr
     assert fetched == {"ok": 1}
     assert path.startswith(str(site_prefix)) and path.endswith("share/salt-consul/cache/consul.py")
     assert sdb_value == "via-entry-point"
+
+
+from test_tls import mtls_agent, pki  # noqa: E402,F401  (fixtures: a TLS agent that wants client certificates)
+
+
+def test_tls_with_client_certificate(functional_minion, mtls_agent, pki):  # noqa: F811
+    tls = {"ca_file": pki["ca_file"], "cert_file": pki["client_cert"], "key_file": pki["client_key"]}
+    # TLS settings for the cache alone, in consul:cache (consul: names the plain agent)
+    opts = cache_opts(functional_minion, "http://127.0.0.1:1", prefix="tlscache", address=mtls_agent.https_addr, **tls)
+    cache = salt.cache.factory(opts)
+    cache.store("grains", "web01", {"tls": True})
+    assert cache.fetch("grains", "web01") == {"tls": True}
+    status, body = mtls_agent.api("GET", "/v1/kv/tlscache/grains/web01")
+    assert status == 200 and json.loads(body)[0]["Flags"] > 0
+    # without the client certificate the agent refuses the handshake: a cache error
+    no_cert = salt.cache.factory(
+        cache_opts(functional_minion, mtls_agent.https_addr, prefix="tlscache", ca_file=pki["ca_file"])
+    )
+    with pytest.raises(SaltCacheError, match="cannot read"):
+        no_cert.fetch("grains", "web01")
