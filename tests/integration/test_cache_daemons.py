@@ -4,13 +4,13 @@ live in Consul and survive a master restart with an empty local cache dir;
 two masters sharing one Consul, with a minion of both, target by grain alike.
 """
 
-import json
 import os
 import shutil
 import time
 import uuid
 
 import pytest
+import salt.version
 from conftest import REPO, consul_opts, synced_master, synced_minion, wait_for
 
 PREFIX = f"cached-{uuid.uuid4().hex[:6]}"
@@ -28,9 +28,23 @@ def cache_config(agent):
     }
 
 
-def kv_keys(agent, bank):
-    status, body = agent.api("GET", f"/v1/kv/{PREFIX}/{bank}/?keys&separator=/")
-    return sorted(k.rsplit("/", 1)[-1] for k in json.loads(body)) if status == 200 else []
+# Salt 3008 keeps grains and mine in banks of their own; 3006 under minions/<id>.
+SALT_3008 = salt.version.__saltstack_version__.info >= (3008,)
+
+
+def bank_key(what, minion):
+    if SALT_3008:
+        return f"{what}/{minion}"
+    return f"minions/{minion}/{'data' if what == 'grains' else 'mine'}"
+
+
+def stored(agent, what, minion):
+    """Whether Consul holds ``what`` (grains, mine) of ``minion``."""
+    return agent.api("GET", f"/v1/kv/{PREFIX}/{bank_key(what, minion)}")[0] == 200
+
+
+def on_disk(master, what, minion):
+    return os.path.exists(os.path.join(master.config["cachedir"], bank_key(what, minion) + ".p"))
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +86,12 @@ def test_grains_and_mine_survive_restart_with_empty_cache_dir(master_a, minion, 
     assert call.run("saltutil.refresh_pillar", "wait=True").data is True  # the master stores grains
     ret = call.run("mine.send", "test.echo", "mined-value")
     assert ret.returncode == 0, ret
-    assert MINION in wait_for(lambda: kv_keys(consul_agent, "grains"))
-    assert MINION in wait_for(lambda: kv_keys(consul_agent, "mine"))
+    assert wait_for(lambda: stored(consul_agent, "grains", MINION))
+    assert wait_for(lambda: stored(consul_agent, "mine", MINION))
     cachedir = master_a.config["cachedir"]
     # nothing of it on the master's disk
-    assert not os.path.exists(os.path.join(cachedir, "grains", f"{MINION}.p"))
-    assert not os.path.exists(os.path.join(cachedir, "mine", f"{MINION}.p"))
+    assert not on_disk(master_a, "grains", MINION)
+    assert not on_disk(master_a, "mine", MINION)
     assert target(master_a, "cachetest:restart") == {MINION}
 
     master_a.terminate()
@@ -92,7 +106,7 @@ def test_grains_and_mine_survive_restart_with_empty_cache_dir(master_a, minion, 
     ret = run.run("cache.grains", tgt=MINION)
     assert ret.data[MINION]["cachetest"] == "restart"
     assert wait_for(lambda: target(master_a, "cachetest:restart") == {MINION}, timeout=60)
-    assert not os.path.exists(os.path.join(cachedir, "grains", f"{MINION}.p"))
+    assert not on_disk(master_a, "grains", MINION)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +128,7 @@ def minion_of_both(master_a, master_b, consul_agent):
 def test_two_masters_target_by_grain_alike(master_a, master_b, minion_of_both, consul_agent):
     call = minion_of_both.salt_call_cli(timeout=120)
     assert call.run("saltutil.refresh_pillar", "wait=True").data is True
-    assert MINION2 in wait_for(lambda: kv_keys(consul_agent, "grains"))
+    assert wait_for(lambda: stored(consul_agent, "grains", MINION2))
     # one copy in Consul, read by both masters
     deadline = time.monotonic() + 60
     seen = (set(), set())
@@ -125,7 +139,7 @@ def test_two_masters_target_by_grain_alike(master_a, master_b, minion_of_both, c
         time.sleep(1)
     assert seen == ({MINION2}, {MINION2})
     for master in (master_a, master_b):
-        assert not os.path.exists(os.path.join(master.config["cachedir"], "grains", f"{MINION2}.p"))
+        assert not on_disk(master, "grains", MINION2)
     # a grain changed through one master is seen by the other at once
     # (a new grain: grains set in the minion config win over grains.setval)
     assert target(master_b, "cachetest2:changed") == set()
