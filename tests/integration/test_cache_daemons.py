@@ -5,6 +5,7 @@ two masters sharing one Consul, with a minion of both, target by grain alike.
 """
 
 import os
+import pathlib
 import shutil
 import time
 import uuid
@@ -53,21 +54,28 @@ def cache_kv(consul_agent):
     consul_agent.api("DELETE", f"/v1/kv/{PREFIX}?recurse")
 
 
-def cache_master(name):
-    """A module fixture: a synced master ``name`` with ``cache: consul`` on the shared prefix."""
-
-    @pytest.fixture(scope="module")
-    def fixture(salt_factories, consul_agent, state_tree, pillar_tree, cache_kv):
-        with synced_master(
-            salt_factories, name, consul_agent, state_tree, pillar_tree, **cache_config(consul_agent)
-        ) as factory:
-            yield factory
-
-    return fixture
+@pytest.fixture(scope="module")
+def master_a(salt_factories, consul_agent, state_tree, pillar_tree, cache_kv):
+    with synced_master(
+        salt_factories, "cache-master-a", consul_agent, state_tree, pillar_tree, **cache_config(consul_agent)
+    ) as factory:
+        yield factory
 
 
-master_a = cache_master("cache-master-a")
-master_b = cache_master("cache-master-b")
+@pytest.fixture(scope="module")
+def master_b(salt_factories, consul_agent, master_a):
+    """A second master on the same Consul; the minion's modules come from master_a."""
+    factory = salt_factories.salt_master_daemon(
+        "cache-master-b", overrides=dict(cache_config(consul_agent), log_level_logfile="debug")
+    )
+    # Salt's multi-master: every master holds the same key pair (else the
+    # minion refuses the second master's key as "changed").
+    pki = pathlib.Path(factory.config["pki_dir"])
+    pki.mkdir(parents=True, exist_ok=True)
+    for name in ("master.pem", "master.pub"):
+        shutil.copy2(os.path.join(master_a.config["pki_dir"], name), pki / name)
+    with factory.started():
+        yield factory
 
 
 @pytest.fixture(scope="module")
