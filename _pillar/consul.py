@@ -73,6 +73,8 @@ import saltconsul_kvtree
 import saltconsul_loader
 import saltconsul_pillar
 import saltconsul_pillarcache
+import saltconsul_saltext
+from salt.exceptions import SaltInvocationError
 from saltconsul_errors import ConsulError
 
 log = logging.getLogger(__name__)
@@ -150,7 +152,7 @@ def compile_pillar(minion_id, opts, grains=None, **kwargs):
     return result
 
 
-def ext_pillar(minion_id, pillar, **kwargs):  # pylint: disable=unused-argument
+def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-argument
     """
     Consul KV layered by the environment of ``minion_id``.
 
@@ -158,6 +160,9 @@ def ext_pillar(minion_id, pillar, **kwargs):  # pylint: disable=unused-argument
         Passed by Salt: the minion the master compiles pillar for.
     pillar
         The pillar compiled so far (not used: layers depend on the ID only).
+    args
+        saltext-consul's string form (``my_profile root=salt/%(minion_id)s``),
+        translated by ``saltconsul_saltext`` (docs/migration.md).
     kwargs
         Options from the ``ext_pillar`` entry (see the module docstring).
 
@@ -167,4 +172,6 @@ def ext_pillar(minion_id, pillar, **kwargs):  # pylint: disable=unused-argument
 
         salt-run pillar.show_pillar web01.prod.gg.mydc1.example.com
     """
+    if args:
+        return saltconsul_saltext.ext_pillar(minion_id, args, __opts__, __grains__, compile_pillar)  # noqa: F821
     return compile_pillar(minion_id, __opts__, __grains__, **kwargs)  # noqa: F821

@@ -44,6 +44,9 @@ from saltconsul_errors import (
 log = logging.getLogger(__name__)
 
 CONTEXT_KEY = "saltconsul.clients"
+# For loaders that pack no ``__context__`` (cache, sdb): one client per
+# process and configuration instead of one per call.
+PROCESS_CONTEXT = {}
 _MAX_BACKOFF = 5.0
 # Endpoints answered by the local agent itself: a ``dc`` parameter means nothing there.
 _AGENT_PREFIXES = ("/v1/agent/", "/v1/status/")

@@ -146,3 +146,22 @@ def parse_config(opts, environ=None, **overrides):
         conf["compression"] = _env_bool(conf["compression"])
     conf["compression"] = bool(conf["compression"])
     return conf
+
+
+def connection_overrides(section, what):
+    """
+    The client settings an sdb profile or the ``consul:cache`` section gives,
+    as ``get_client`` overrides (they win over the ``consul:`` section).
+
+    Only keys of this schema are taken; ``token_file`` alone also clears a
+    ``consul:token``, as in :func:`parse_config`. ``what`` names the section
+    in errors.
+    """
+    if not isinstance(section, dict):
+        raise SaltInvocationError(f"{what} must be a mapping")
+    conf = {k: v for k, v in section.items() if k in DEFAULTS and v is not None}
+    if conf.get("token_file") and not conf.get("token"):
+        # An empty token makes parse_config read the profile's token file
+        # instead of keeping a token from the consul: section.
+        conf["token"] = ""
+    return conf

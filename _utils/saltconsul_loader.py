@@ -2,9 +2,11 @@
 Salt loader entry point for a ``pip install``-ed salt-consul.
 
 ``setup.cfg`` installs ``_modules``, ``_states``, ``_pillar``, ``_grains`` (and
-the other loader dirs) as data files under ``share/salt-consul/`` and registers
-:func:`get_dirs` under the ``salt.loader`` entry point group; Salt then loads
-them with no ``file_roots`` at all. The ``_utils`` modules install as ordinary
+the other loader dirs, ``_sdb`` and ``_cache`` too) as data files under
+``share/salt-consul/`` and registers :func:`get_dirs` under the ``salt.loader``
+entry point group; Salt then loads them with no ``file_roots`` at all. Salt asks
+every loader kind by its dir name: ``salt.loader.sdb`` looks up ``"sdb"`` and
+``salt.loader.cache`` looks up ``"cache"`` in the returned mapping. The ``_utils`` modules install as ordinary
 top-level modules (Salt loads no utils from entry points).
 """
 
@@ -12,7 +14,7 @@ import importlib.metadata
 import os
 
 DIST = "salt-consul"
-EXT_TYPES = ("modules", "states", "pillar", "grains", "beacons", "engines", "runners", "sdb")
+EXT_TYPES = ("modules", "states", "pillar", "grains", "beacons", "engines", "runners", "sdb", "cache")
 
 
 def _share_root():
