@@ -74,7 +74,6 @@ import saltconsul_loader
 import saltconsul_pillar
 import saltconsul_pillarcache
 import saltconsul_saltext
-from salt.exceptions import SaltInvocationError
 from saltconsul_errors import ConsulError
 
 log = logging.getLogger(__name__)

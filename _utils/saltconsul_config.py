@@ -118,6 +118,9 @@ def parse_config(opts, environ=None, **overrides):
     if section.get("token") or section.get("token_file"):
         conf["token"] = None
         conf["token_file"] = None
+    if section.get("url") and not section.get("address"):
+        # saltext-consul's (and old core Salt's) name for the address.
+        section = dict(section, address=section["url"])
     conf.update({k: v for k, v in section.items() if k in DEFAULTS and v is not None})
     conf.update({k: v for k, v in overrides.items() if k in DEFAULTS and v is not None})
 

@@ -164,7 +164,7 @@ def _saltext_python():
     subprocess.run([sys.executable, "-m", "venv", SALTEXT_VENV], check=True, timeout=300)
     subprocess.run(
         [python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "-r", os.path.join(REPO, "requirements", "runtime.txt"), *SALTEXT_PINS],
+         "-r", os.path.join(REPO, "requirements", "salt3008-py3.11.txt"), *SALTEXT_PINS],
         check=True,
         timeout=1800,
         stdout=subprocess.DEVNULL,

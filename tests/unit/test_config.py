@@ -58,3 +58,14 @@ def test_bad_values_rejected(bad):
 def test_verify_only_disabled_explicitly():
     assert parse_config({"consul": {"verify": None}}, environ={})["verify"] is True
     assert parse_config({"consul": {"verify": False}}, environ={})["verify"] is False
+
+
+def test_url_is_an_alias_of_address():
+    import saltconsul_config
+
+    conf = saltconsul_config.parse_config({"consul": {"url": "http://127.0.0.9:8500"}}, environ={})
+    assert conf["address"] == "http://127.0.0.9:8500"
+    both = saltconsul_config.parse_config(
+        {"consul": {"url": "http://127.0.0.9:8500", "address": "http://127.0.0.8:8500"}}, environ={}
+    )
+    assert both["address"] == "http://127.0.0.8:8500"
