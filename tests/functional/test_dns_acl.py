@@ -110,6 +110,7 @@ def test_dns_default_deny_query_token_or_anonymous_policy(dns_loaders, deny_agen
     (stored,) = [q for q in deny_agent.api_json("GET", "/v1/query") if q["Name"] == "db."]
     assert stored["Token"] == secret
     assert _dns(deny_agent) == (0, ["127.0.0.9"])
+    assert _dns(deny_agent, "db.service.consul")[0] == NXDOMAIN  # only the query's names answer
     for test in (True, False):
         returns.append(states("env_query_present", test=test, name="db", query_token_file=secret_file))
         assert returns[-1]["result"] is True and returns[-1]["changes"] == {}, returns[-1]
