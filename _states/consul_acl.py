@@ -316,12 +316,12 @@ def acl_token_present(
         roles = _str_list(roles, "roles")
         service_identities = None if service_identities is None else _service_identities(service_identities)
         node_identities = None if node_identities is None else _node_identities(node_identities)
-        held = None
-        if secret_file:
-            # A malformed file is refused before anything is written.
-            held = saltconsul_secrets.load_secret(secret_file, "secret_file", uuid=True)
-
         current = _find_token(accessor_id, description, dc, token)
+        held = None
+        if secret_file and current is None:
+            # The file is the new token's secret: a malformed one is refused before
+            # anything is written. (For an existing token it is only an output.)
+            held = saltconsul_secrets.load_secret(secret_file, "secret_file", uuid=True)
         have = _token_view(current) if current else None
         base = have or _token_view({"Local": local})
         want = dict(base)

@@ -143,6 +143,7 @@ def test_token_lifecycle_secret_only_in_its_file(states, consul_acl_agent, uniq,
     for spoil, status in (
         (lambda: secret_file.unlink(), "missing"),
         (lambda: secret_file.write_text(str(uuid.uuid4())), "differs"),
+        (lambda: secret_file.write_text("not a secret\n"), "differs"),
         (lambda: secret_file.chmod(0o644), "not private"),
     ):
         spoil()
