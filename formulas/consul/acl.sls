@@ -39,6 +39,10 @@
 {%- for kv in master.get('pillar_prefixes', ['config/']) %}
 key_prefix {{ kv | json }} { policy = "read" }
 {%- endfor %}
+{%- for kv in master.get('watch_prefixes', []) %}
+# consul_watch engine: blocking reads of a watched KV prefix (salt/consul/kv/... events).
+key_prefix {{ kv | json }} { policy = "read" }
+{%- endfor %}
 {%- for kv in master.get('replicate_prefixes', []) %}
 # consul_replicate: read the source copy, write the destination copies.
 key_prefix {{ kv | json }} { policy = "write" }
