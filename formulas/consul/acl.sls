@@ -50,6 +50,8 @@ key_prefix {{ kv | json }} { policy = "write" }
 # Watches of service health (salt/consul/service/... events), discovery from the master.
 service_prefix "" { policy = "read" }
 node_prefix "" { policy = "read" }
+# The failover orchestration asks who holds a lock (consul.lock_holder reads the lock's session).
+session_prefix "" { policy = "read" }
 # consul_replicate without a source datacenter configured asks its agent (/v1/agent/self).
 agent_prefix "" { policy = "read" }
 {%- endset %}
