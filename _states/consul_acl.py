@@ -112,6 +112,14 @@ def acl_policy_present(name, rules, description=None, datacenters=None, dc=None,
         Datacenter whose ACL API to use (policies replicate from the primary).
     token
         ACL token for this state's calls (needs ``acl = "write"``).
+
+    .. code-block:: yaml
+
+        salt-dns:
+          consul.acl_policy_present:
+            - rules: |
+                node_prefix "" { policy = "read" }
+                service_prefix "" { policy = "read" }
     """
     ret = _ret(name)
     try:
@@ -165,6 +173,11 @@ def acl_policy_absent(name, dc=None, token=None):
         Datacenter whose ACL API to use.
     token
         ACL token for this state's calls (needs ``acl = "write"``).
+
+    .. code-block:: yaml
+
+        old-policy:
+          consul.acl_policy_absent
     """
     ret = _ret(name)
     try:
@@ -307,6 +320,13 @@ def acl_token_present(
         Datacenter whose ACL API to use.
     token
         ACL token for this state's calls (needs ``acl = "write"``).
+
+    .. code-block:: yaml
+
+        salt-minion web01:
+          consul.acl_token_present:
+            - policies: [salt-minion]
+            - secret_file: /srv/tokens/web01.token
     """
     ret = _ret(name)
     try:
@@ -407,6 +427,12 @@ def acl_token_absent(name, accessor_id=None, secret_file=None, dc=None, token=No
         Datacenter whose ACL API to use.
     token
         ACL token for this state's calls (needs ``acl = "write"``).
+
+    .. code-block:: yaml
+
+        salt-minion web01:
+          consul.acl_token_absent:
+            - secret_file: /srv/tokens/web01.token
     """
     ret = _ret(name)
     try:

@@ -10,6 +10,7 @@ agents, Salt daemons, stand-ins) is stopped at the end, whatever happens.
 """
 
 import contextlib
+import inspect
 import json
 import os
 import pathlib
@@ -26,6 +27,10 @@ sys.path.insert(0, str(REPO / "tools"))
 import dnsquery  # noqa: E402
 import localconsul  # noqa: E402
 import standin_failover as rigs  # noqa: E402
+import salt.modules.pillar  # noqa: E402
+
+# Salt 3008 masks pillar values in command output unless asked not to; 3006 has no such option.
+UNMASK = ("unmask=True",) if "unmask" in inspect.signature(salt.modules.pillar.get).parameters else ()
 
 PRIMARY, REPLICA, CLIENT = rigs.PRIMARY, rigs.REPLICA, rigs.CLIENT  # db01/db02/web01 .prod.gg.mydc1
 SPOOFER = "web01.dev.gg.mydc1.example.com"  # claims prod in its grains and its own config
@@ -204,14 +209,14 @@ def main():
         line("master on the salt-master token, minions on salt-minion; no management token from here on")
 
         heading("Layered pillar: the master reads each minion's environment from its ID")
-        pools = fleet.salt("*", "pillar.get", "pillar_demo:db:pool_size", "unmask=True")
-        envs = fleet.salt("*", "pillar.get", "consul_env:postfix", "unmask=True")
+        pools = fleet.salt("*", "pillar.get", "pillar_demo:db:pool_size", *UNMASK)
+        envs = fleet.salt("*", "pillar.get", "consul_env:postfix", *UNMASK)
         for mid in MINIONS:
             line(f"{mid:34} env {envs.get(mid) or '-':14} pool_size = {pools.get(mid)}")
 
         heading("A minion spoofing its environment (grains and its own config say prod)")
         line(f"{SPOOFER}: grains env:type = {fleet.salt(SPOOFER, 'grains.get', 'env:type')[SPOOFER]} (its claim)")
-        secret = fleet.salt(SPOOFER, "pillar.get", "secrets:db_password", "unmask=True")[SPOOFER]
+        secret = fleet.salt(SPOOFER, "pillar.get", "secrets:db_password", *UNMASK)[SPOOFER]
         line(f"{SPOOFER}: pillar pool_size = {pools.get(SPOOFER)}, prod's db_password = {secret or '(none)'}")
         by_grains = sorted(fleet.target("-G", "env:type:prod"))
         by_pillar = sorted(fleet.target("-I", "consul_env:type:prod"))
@@ -263,13 +268,13 @@ def main():
         dc1.pause()
         try:
             fleet.salt(CLIENT, "saltutil.refresh_pillar", "wait=True", timeout=60)
-            pool = fleet.salt(CLIENT, "pillar.get", "pillar_demo:db:pool_size", "unmask=True")[CLIENT]
-            marker = fleet.salt(CLIENT, "pillar.get", "consul_pillar", "unmask=True")[CLIENT]
+            pool = fleet.salt(CLIENT, "pillar.get", "pillar_demo:db:pool_size", *UNMASK)[CLIENT]
+            marker = fleet.salt(CLIENT, "pillar.get", "consul_pillar", *UNMASK)[CLIENT]
             line(f"mydc1 paused (hung): {CLIENT} pool_size = {pool}, consul_pillar = {json.dumps(marker, sort_keys=True)}")
         finally:
             dc1.resume()
         fleet.salt(CLIENT, "saltutil.refresh_pillar", "wait=True", timeout=60)
-        marker = fleet.salt(CLIENT, "pillar.get", "consul_pillar", "unmask=True")[CLIENT]
+        marker = fleet.salt(CLIENT, "pillar.get", "consul_pillar", *UNMASK)[CLIENT]
         line(f"mydc1 back: consul_pillar = {json.dumps(marker or None)} (fresh)")
 
         print(f"\ndemo: ok ({time.monotonic() - T0:.0f}s)", flush=True)
