@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import salt.modules.pillar
+import salt.utils.yaml
 
 from conftest import DEV_MINION, PROD_MINION, REPO
 
@@ -174,9 +175,12 @@ def test_pip_install_ships_the_formulas(pip_prefix, consul_agent, tmp_path):
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )
     assert proc.returncode == 0 and json.loads(proc.stdout) == str(installed), (proc.stdout, proc.stderr)
-    # That path on file_roots: the formulas render (masterless).
+    # That path on file_roots: the formulas render (masterless), with the shipped pillar example.
+    example = salt.utils.yaml.safe_load((installed / "consul" / "acl.pillar.example").read_text())
     rc, sls, proc = _salt_call(
-        tmp_path, consul_agent, pip_prefix, "state.show_sls", "consul.acl", file_roots={"base": [str(installed)]},
+        tmp_path, consul_agent, pip_prefix, "state.show_sls", "consul.acl", f"pillar={json.dumps(example)}",
+        file_roots={"base": [str(installed)]},
     )
     assert rc == 0, proc.stderr
     assert "acl_policy_present" in sls["consul-acl-policy-salt-minion"]["consul"], sls
+    assert {"consul-acl-token-salt-master", "consul-acl-token-salt-minion", "consul-acl-anonymous-dns"} <= set(sls)
