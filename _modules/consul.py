@@ -1907,6 +1907,14 @@ def _query_definition(definition):
     return definition
 
 
+def _query_raw(query_id, dc, token, operation):
+    """One prepared query as Consul returns it, its token included (callers hide it), or None."""
+    path = f"/v1/query/{_seg(query_id, 'query_id')}"
+    with _consul(operation):
+        found = _client(token).get(path, dc=_dc(dc), not_found_ok=True)
+    return found[0] if found else None
+
+
 def query_create(definition, dc=None, token=None):
     """
     Create a prepared query; returns its ID.
@@ -1976,10 +1984,8 @@ def query_get(query_id, dc=None, token=None):
 
         salt-call consul.query_get 8f246b77-...
     """
-    path = f"/v1/query/{_seg(query_id, 'query_id')}"
-    with _consul("query_get"):
-        found = _client(token).get(path, dc=_dc(dc), not_found_ok=True)
-    return _hide_query_token(found[0]) if found else None
+    found = _query_raw(query_id, dc, token, "query_get")
+    return _hide_query_token(found) if found else None
 
 
 def query_list(dc=None, token=None):
@@ -2648,10 +2654,8 @@ def query_token_fingerprint(query_id, dc=None, token=None):
 
         salt-call consul.query_token_fingerprint 8f246b77-...
     """
-    path = f"/v1/query/{_seg(query_id, 'query_id')}"
-    with _consul("query_token_fingerprint"):
-        found = _client(token).get(path, dc=_dc(dc), not_found_ok=True)
-    stored = found[0].get("Token") if found else None
+    found = _query_raw(query_id, dc, token, "query_token_fingerprint")
+    stored = found.get("Token") if found else None
     if stored == "<hidden>":
         # Consul redacts a query's token for callers without query write on it.
         raise CommandExecutionError(

@@ -13,25 +13,13 @@ import stat
 import uuid
 
 import pytest
-from test_module_acl_errors import acl_loaders  # noqa: F401  (the module-scoped fixture, management token)
+from test_module_acl_errors import acl_loaders, uniq  # noqa: F401  (fixtures: management-token loaders, a name cleaned up after)
 from test_states import StateCaller
 
 
 @pytest.fixture
 def states(acl_loaders):
     return StateCaller(acl_loaders)
-
-
-@pytest.fixture
-def uniq(consul_acl_agent):
-    name = "st-" + uuid.uuid4().hex[:8]
-    yield name
-    for tok in consul_acl_agent.api_json("GET", "/v1/acl/tokens"):
-        if (tok.get("Description") or "").startswith(name):
-            consul_acl_agent.api("DELETE", f"/v1/acl/token/{tok['AccessorID']}")
-    for pol in consul_acl_agent.api_json("GET", "/v1/acl/policies"):
-        if pol["Name"].startswith(name):
-            consul_acl_agent.api("DELETE", f"/v1/acl/policy/{pol['ID']}")
 
 
 def _policy(agent, name):
