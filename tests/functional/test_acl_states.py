@@ -61,7 +61,10 @@ def test_policy_present_update_absent(states, consul_acl_agent, uniq):
     assert ret["result"] is True and ret["changes"] == dry["changes"], ret
     real = _policy(consul_acl_agent, uniq)
     assert (real["Rules"], real["Description"]) == (rules, "app keys")
+    writes = states.stats["writes"]
+    assert writes > 0  # the counter sees this client's writes (the create above)
     _no_changes(states("acl_policy_present", name=uniq, rules=rules, description="app keys"))
+    assert states.stats["writes"] == writes  # a compliant re-run writes nothing
     _no_changes(states("acl_policy_present", test=True, name=uniq, rules=rules))  # description not managed
 
     new_rules = f'key_prefix "{uniq}/" {{ policy = "write" }}'
@@ -123,9 +126,11 @@ def test_token_lifecycle_secret_only_in_its_file(states, consul_acl_agent, uniq,
     # The token works: it may write its prefix.
     assert consul_acl_agent.api("PUT", f"/v1/kv/{uniq}/x", b"1", token=secret)[0] == 200
 
+    writes = states.stats["writes"]
     for test in (True, False):
         returns.append(states("acl_token_present", test=test, **kwargs))
         _no_changes(returns[-1])
+    assert states.stats["writes"] == writes  # a compliant re-run writes nothing
 
     # The file lost, overwritten by another secret, or opened to others: re-written from Consul.
     for spoil, status in (
