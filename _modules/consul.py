@@ -40,6 +40,7 @@ import saltconsul_env
 import saltconsul_kv
 import saltconsul_kvtree
 import saltconsul_loader
+import saltconsul_secrets
 import saltconsul_service
 from saltconsul_errors import (
     ConsulCASConflict,
@@ -1755,6 +1756,14 @@ def _query_definition(definition):
     return definition
 
 
+def _query_raw(query_id, dc, token, operation):
+    """One prepared query as Consul returns it, its token included (callers hide it), or None."""
+    path = f"/v1/query/{_seg(query_id, 'query_id')}"
+    with _consul(operation):
+        found = _client(token).get(path, dc=_dc(dc), not_found_ok=True)
+    return found[0] if found else None
+
+
 def query_create(definition, dc=None, token=None):
     """
     Create a prepared query; returns its ID.
@@ -1824,10 +1833,8 @@ def query_get(query_id, dc=None, token=None):
 
         salt-call consul.query_get 8f246b77-...
     """
-    path = f"/v1/query/{_seg(query_id, 'query_id')}"
-    with _consul("query_get"):
-        found = _client(token).get(path, dc=_dc(dc), not_found_ok=True)
-    return _hide_query_token(found[0]) if found else None
+    found = _query_raw(query_id, dc, token, "query_get")
+    return _hide_query_token(found) if found else None
 
 
 def query_list(dc=None, token=None):
@@ -1975,6 +1982,22 @@ def _write_secret_file(path, secret):
         raise
 
 
+def _token_body(description, policies, roles, service_identities, node_identities, local):
+    """The request body of a new token (validated), without its secret."""
+    body = {"Local": bool(local)}
+    if description is not None:
+        body["Description"] = _opt_str(description, "description")
+    for field, value in (
+        ("Policies", _links(policies, "policies")),
+        ("Roles", _links(roles, "roles")),
+        ("ServiceIdentities", _identities(service_identities, "service_identities", "ServiceName")),
+        ("NodeIdentities", _identities(node_identities, "node_identities", "NodeName")),
+    ):
+        if value is not None:
+            body[field] = value
+    return body
+
+
 def acl_token_create(
     description=None,
     policies=None,
@@ -2020,17 +2043,7 @@ def acl_token_create(
         salt-call consul.acl_token_create description='web app' policies='[web-read]' \\
             secret_file=/etc/web/consul.token
     """
-    body = {"Local": bool(local)}
-    if description is not None:
-        body["Description"] = _opt_str(description, "description")
-    for field, value in (
-        ("Policies", _links(policies, "policies")),
-        ("Roles", _links(roles, "roles")),
-        ("ServiceIdentities", _identities(service_identities, "service_identities", "ServiceName")),
-        ("NodeIdentities", _identities(node_identities, "node_identities", "NodeName")),
-    ):
-        if value is not None:
-            body[field] = value
+    body = _token_body(description, policies, roles, service_identities, node_identities, local)
     if expiration_ttl is not None:
         body["ExpirationTTL"] = _duration(expiration_ttl, "expiration_ttl")
     _opt_str(secret_file, "secret_file")
@@ -2319,3 +2332,183 @@ def acl_policy_list(dc=None, token=None):
     """
     with _consul("acl_policy_list"):
         return _client(token).get("/v1/acl/policies", dc=_dc(dc)) or []
+
+
+# --------------------------------------------------------------------------- ACL: tokens with their secret in a file
+
+
+def _secret_in(secret_file, what="secret_file"):
+    """The UUID secret held in ``secret_file`` or None if there is no such file (content never quoted)."""
+    _seg(secret_file, what)
+    return saltconsul_secrets.load_secret(secret_file, what, uuid=True)
+
+
+def _raw_token(client, accessor_id, dc, operation):
+    """A token with its SecretID (for comparing and writing files only), or None."""
+    path = f"/v1/acl/token/{_seg(accessor_id, 'accessor_id')}"
+    try:
+        return client.get(path, dc=_dc(dc), not_found_ok=True)
+    except ConsulError as err:
+        if _acl_missing(client, err):
+            return None
+        raise _fail(operation, err) from err
+
+
+def acl_token_create_as(
+    accessor_id=None,
+    secret_file=None,
+    description=None,
+    policies=None,
+    roles=None,
+    service_identities=None,
+    node_identities=None,
+    local=False,
+    dc=None,
+    token=None,
+):
+    """
+    Create a token with a chosen AccessorID and/or the secret kept in a file
+    (Consul 1.5+ accepts both on creation). When ``secret_file`` exists its
+    UUID becomes the token's SecretID (so a consumer configured with that file
+    keeps working after the token is re-created); when it does not, Consul
+    generates the secret and it is written there (mode 0600). Returns the
+    token's details with ``SecretID`` shown as ``<hidden>``.
+
+    accessor_id
+        The AccessorID to give the token (a UUID); Consul picks one if None.
+    secret_file
+        Where the secret is read from or written to, on this minion.
+    description / policies / roles / service_identities / node_identities / local
+        As for ``acl_token_create``.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one (needs ``acl = "write"``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.acl_token_create_as secret_file=/etc/consul.d/minion.token \\
+            description='minion web01' policies='[salt-minion]'
+    """
+    body = _token_body(description, policies, roles, service_identities, node_identities, local)
+    if accessor_id is not None:
+        if not isinstance(accessor_id, str) or not _UUID.match(accessor_id):
+            raise SaltInvocationError("accessor_id must be a UUID")
+        body["AccessorID"] = accessor_id
+    secret = _secret_in(secret_file) if secret_file is not None else None
+    if secret:
+        body["SecretID"] = secret
+    with _consul("acl_token_create_as"):
+        created = _client(token).put("/v1/acl/token", json=body, dc=_dc(dc))
+    if secret_file and not secret:
+        try:
+            _write_secret_file(secret_file, created["SecretID"])
+        except OSError as err:
+            raise CommandExecutionError(
+                f"consul.acl_token_create_as: token {created['AccessorID']} created but "
+                f"{secret_file} could not be written ({err.strerror})"
+            ) from None
+    return _hide_secret(created)
+
+
+def acl_token_secret_status(accessor_id, secret_file, dc=None, token=None):
+    """
+    Whether ``secret_file`` holds the token's secret, without showing it:
+    ``"ok"``, ``"missing"`` (no file), ``"differs"`` (another secret),
+    ``"not private"`` (right secret, but group or others may read the file),
+    or None when there is no such token.
+
+    accessor_id
+        The token's AccessorID.
+    secret_file
+        The file on this minion.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one (needs ``acl = "write"``
+        to see secrets).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.acl_token_secret_status 6a1253d2-... /etc/consul.d/minion.token
+    """
+    _seg(secret_file, "secret_file")
+    current = _raw_token(_client(token), accessor_id, dc, "acl_token_secret_status")
+    if current is None:
+        return None
+    try:
+        held = saltconsul_secrets.read_secret_file(secret_file, "secret_file")
+    except ValueError:
+        return "differs"
+    except OSError as err:
+        raise CommandExecutionError(f"secret_file {secret_file} could not be read ({err.strerror})") from None
+    if held is None:
+        return "missing"
+    if held != current.get("SecretID"):
+        return "differs"
+    return "ok" if saltconsul_secrets.is_private(secret_file) else "not private"
+
+
+def acl_token_secret_write(accessor_id, secret_file, dc=None, token=None):
+    """
+    Write a token's secret to ``secret_file`` (mode 0600, replaced atomically).
+    Returns True; the secret itself is never returned.
+
+    accessor_id
+        The token's AccessorID.
+    secret_file
+        The file on this minion.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one (needs ``acl = "write"``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.acl_token_secret_write 6a1253d2-... /etc/consul.d/minion.token
+    """
+    _seg(secret_file, "secret_file")
+    current = _raw_token(_client(token), accessor_id, dc, "acl_token_secret_write")
+    if current is None or not current.get("SecretID"):
+        raise CommandExecutionError(f"consul.acl_token_secret_write failed: not found: token {accessor_id}")
+    try:
+        _write_secret_file(secret_file, current["SecretID"])
+    except OSError as err:
+        raise CommandExecutionError(f"secret_file {secret_file} could not be written ({err.strerror})") from None
+    return True
+
+
+def query_token_fingerprint(query_id, dc=None, token=None):
+    """
+    A one-way fingerprint (``sha256:...``) of the token a prepared query runs
+    with, or None when it stores none (it then runs with the caller's token,
+    for DNS the anonymous one). Lets a state compare without seeing the token.
+
+    query_id
+        The query ID.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.query_token_fingerprint 8f246b77-...
+    """
+    found = _query_raw(query_id, dc, token, "query_token_fingerprint")
+    stored = found.get("Token") if found else None
+    if stored == "<hidden>":
+        # Consul redacts a query's token for callers without query write on it.
+        raise CommandExecutionError(
+            "consul.query_token_fingerprint failed: permission denied: Consul hides this query's token "
+            "from the calling token (it needs query write on the query's name)"
+        )
+    return saltconsul_secrets.fingerprint(stored) if stored else None

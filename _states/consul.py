@@ -40,6 +40,7 @@ import os
 import re
 import time
 
+import salt.utils.data
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import saltconsul_duration
@@ -47,6 +48,7 @@ import saltconsul_env
 import saltconsul_errors
 import saltconsul_kv
 import saltconsul_loader
+import saltconsul_secrets
 import saltconsul_service
 
 log = logging.getLogger(__name__)
@@ -1127,6 +1129,32 @@ def _query_view(query):
     }
 
 
+def _query_token(path, pillar_key):
+    """The token a prepared query should run with (file or pillar), or None; never logged."""
+    if path is not None and pillar_key is not None:
+        raise SaltInvocationError("give query_token_file or query_token_pillar, not both")
+    if path is not None:
+        secret = saltconsul_secrets.load_secret(path, "query_token_file")
+        if secret is None:
+            raise SaltInvocationError(f"query_token_file {path} does not exist")
+        return secret
+    if pillar_key is not None:
+        # __pillar__ itself, not pillar.get: Salt 3008 masks pillar.get's answer outside templates.
+        secret = salt.utils.data.traverse_dict_and_list(__pillar__, pillar_key, None, delimiter=":")
+        if not isinstance(secret, str) or not secret.strip():
+            raise SaltInvocationError(f"pillar key {pillar_key} holds no token")
+        return secret.strip()
+    return None
+
+
+def _query_token_view(current, secret, token):
+    """How the stored token compares, by fingerprint: ``<set>``, ``<another token>`` or ``""``."""
+    stored = __salt__["consul.query_token_fingerprint"](current["ID"], token=token)
+    if stored is None:
+        return ""
+    return "<set>" if secret and stored == saltconsul_secrets.fingerprint(secret) else "<another token>"
+
+
 def env_query_present(
     name,
     service=None,
@@ -1137,6 +1165,8 @@ def env_query_present(
     failover_nearest_n=None,
     ttl=None,
     token=None,
+    query_token_file=None,
+    query_token_pillar=None,
 ):
     """
     Maintain a prepared-query template so that environment names resolve
@@ -1173,10 +1203,18 @@ def env_query_present(
         DNS TTL for the answers (e.g. ``10s``).
     token
         ACL token for this state's calls.
+    query_token_file / query_token_pillar
+        The token the query runs with, from this file on the minion or this
+        pillar key. Without one, a query runs with its caller's token: for DNS
+        that is the anonymous token, which under ``default_policy = "deny"``
+        answers NXDOMAIN unless it may read nodes, services and queries
+        (docs/acl.md). The token is never shown: ``changes`` say
+        ``<set>`` / ``<another token>``.
     """
     service = service or name
     ret = _ret(name)
     try:
+        query_secret = _query_token(query_token_file, query_token_pillar)
         _label(service, "service")
         if datacenter is None:
             datacenter = __salt__["consul.env"]().get("datacenter") or ""
@@ -1201,12 +1239,19 @@ def env_query_present(
             },
             "DNS": {"TTL": ttl or ""},
         }
+        if query_secret:
+            definition["Token"] = query_secret
         want = _query_view(definition)
+        if query_secret:
+            want["Token"] = "<set>"
         found = [q for q in __salt__["consul.query_list"](token=token) or [] if q.get("Name") == definition["Name"]]
         current = found[0] if found else None
         example = f"{service}.<type>.<group>{'.' + datacenter if datacenter else ''}.query.consul"
         if current is not None:
             have = _query_view(current)
+            if query_secret or current.get("Token"):
+                want.setdefault("Token", "")
+                have["Token"] = _query_token_view(current, query_secret, token)
             if have == want:
                 ret["comment"] = f"Prepared query {definition['Name']} is as declared ({example})"
                 return ret

@@ -8,10 +8,16 @@ entry point group; Salt then loads them with no ``file_roots`` at all. Salt asks
 every loader kind by its dir name: ``salt.loader.sdb`` looks up ``"sdb"`` and
 ``salt.loader.cache`` looks up ``"cache"`` in the returned mapping. The ``_utils`` modules install as ordinary
 top-level modules (Salt loads no utils from entry points).
+
+The formulas install under ``share/salt-consul/formulas``; they are SLS files,
+which Salt only finds on ``file_roots``: :func:`formulas_dir` (also
+``python3 -m saltconsul_loader formulas`` and ``salt-run consul_formulas.path``)
+says where they are, to add them there.
 """
 
 import importlib.metadata
 import os
+import sys
 
 DIST = "salt-consul"
 EXT_TYPES = ("modules", "states", "pillar", "grains", "beacons", "engines", "runners", "sdb", "cache")
@@ -38,6 +44,16 @@ def get_dirs():
         if os.path.isdir(path):
             dirs[ext_type] = [path]
     return dirs
+
+
+def formulas_dir():
+    """The installed formulas folder (for ``file_roots``), or None when not pip-installed."""
+    try:
+        root = _share_root()
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = os.path.join(root, "formulas") if root else None
+    return path if path and os.path.isdir(path) else None
 
 
 # --------------------------------------------------------------------------- the saltext-consul clash
@@ -75,3 +91,13 @@ def warn_on_saltext_consul(log):
         "(see README, 'Install')."
     )
     return True
+
+
+if __name__ == "__main__":
+    # python3 -m saltconsul_loader formulas  -> the path, for scripts that write file_roots.
+    if sys.argv[1:] != ["formulas"]:
+        sys.exit("usage: python3 -m saltconsul_loader formulas")
+    found = formulas_dir()
+    if not found:
+        sys.exit("salt-consul is not pip-installed here (no share/salt-consul/formulas)")
+    print(found)

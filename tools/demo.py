@@ -1,36 +1,43 @@
 """
-`make demo`: salt-consul end to end on a local Consul dev agent it starts itself.
+`make demo`: salt-consul on a small real fleet, in about two minutes.
 
-Minions from several environments run masterless (`salt-call --local`, each
-with its own minion ID and config in a temp dir, no root-owned paths), with
-this checkout on their file_roots and `saltutil.sync_all` loading the
-extension, exactly as an operator's fleet would. Everything started here is
-stopped at the end, whatever happens.
+Two Consul datacenters (mydc1, mydc2) with ACLs on (default deny), the
+project's least-privilege policies (formulas/consul/acl.sls) and nothing else;
+a real salt-master and five real salt-minions in two environments and both
+datacenters; stand-in database servers for a primary and its replica. Each
+section prints lines a person can check. Everything started here (Consul
+agents, Salt daemons, stand-ins) is stopped at the end, whatever happens.
 """
 
+import contextlib
+import inspect
 import json
 import os
 import pathlib
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
 
 import dnsquery  # noqa: E402
 import localconsul  # noqa: E402
+import standin_failover as rigs  # noqa: E402
+import salt.modules.pillar  # noqa: E402
 
-SALT_CALL = pathlib.Path(sys.executable).parent / "salt-call"
-MINIONS = [
-    "web01.prod.gg.mydc1.example.com",
-    "db01.prod.gg.mydc1.example.com",
-    "web01.dev.gg.mydc1.example.com",
-    "mydc1-dev-gg-db01",
-]
-# The ext_pillar's default layers, plus one for the role (web, db) right after
-# the global one, so a role's services are declared once for every environment.
+# Salt 3008 masks pillar values in command output unless asked not to; 3006 has no such option.
+UNMASK = ("unmask=True",) if "unmask" in inspect.signature(salt.modules.pillar.get).parameters else ()
+
+PRIMARY, REPLICA, CLIENT = rigs.PRIMARY, rigs.REPLICA, rigs.CLIENT  # db01/db02/web01 .prod.gg.mydc1
+SPOOFER = "web01.dev.gg.mydc1.example.com"  # claims prod in its grains and its own config
+REMOTE = "web01.prod.gg.mydc2.example.com"  # a minion of the second datacenter
+MINIONS = [PRIMARY, REPLICA, CLIENT, SPOOFER, REMOTE]
+# The ext_pillar's default layers plus a role layer (docs/pillar.md says why it
+# is not a default), so each role's services are declared once for every environment.
 LAYERS = [
     "config/global",
     "config/role/{role}",
@@ -41,176 +48,248 @@ LAYERS = [
     "config/node/{minion_id}",
 ]
 TTL_CHECK = {"name": "alive", "ttl": "1h", "status": "passing"}
-# Configuration lives in Consul KV, layered; nothing per environment in files.
 SEED = {
     "config/global/pillar_demo/name": "shop",
     "config/global/pillar_demo/db/pool_size": "10",
     "config/type/prod/pillar_demo/db/pool_size": "50",
     "config/group/dev.gg/pillar_demo/db/pool_size": "5",
+    "config/type/prod/secrets/db_password": "prod-only-s3cret",
     "config/role/web/consul_register": json.dumps({"services": {"web": {"port": 8080, "checks": [TTL_CHECK]}}}),
-    "config/role/db/consul_register": json.dumps({"services": {"db": {"port": 5432, "checks": [TTL_CHECK]}}}),
-    "config/role/db/consul_dns": json.dumps({"services": ["db", "web"], "ttl": "0s"}),
-    "config/node/db01.prod.gg.mydc1.example.com/consul_register/services/db/address": "127.0.0.11",
-    "config/node/mydc1-dev-gg-db01/consul_register/services/db/address": "127.0.0.12",
+    "config/global/consul_dns": json.dumps({"services": ["db", "web"], "ttl": "0s"}),
+    # Addresses that tell the instances apart in discovery and DNS answers.
+    f"config/node/{SPOOFER}/consul_register/services/web/address": "127.0.0.3",
+    f"config/node/{REMOTE}/consul_register/services/web/address": "127.0.0.2",
 }
-LOADER_DIRS = ("_modules", "_states", "_grains", "_pillar", "_utils", "_beacons", "_engines", "_runners")
+ACL_PILLAR = {
+    "master": {"pillar_prefixes": ["config/"], "watch_prefixes": ["locks/"]},
+    "minion": {"services": ["web", "db"], "dns_services": ["db", "web"]},
+    "dns_anonymous": True,
+}
+LOADER_OPTS = {
+    "module_dirs": [str(REPO / "_modules")],
+    "states_dirs": [str(REPO / "_states")],
+    "grains_dirs": [str(REPO / "_grains")],
+    "utils_dirs": [str(REPO / "_utils")],
+}
+T0 = time.monotonic()
 
 
 def heading(text):
-    print(f"\n== {text}", flush=True)
+    print(f"\n== [{time.monotonic() - T0:5.1f}s] {text}", flush=True)
 
 
-class Fleet:
-    """Masterless minions sharing one synced extension_modules dir."""
-
-    def __init__(self, workdir, consul):
-        self.workdir = pathlib.Path(workdir)
-        self.consul = consul
-        self.tree = self.workdir / "srv"
-        self.tree.mkdir()
-        for name in LOADER_DIRS:
-            if (REPO / name).is_dir():
-                (self.tree / name).symlink_to(REPO / name)
-        formulas = REPO / "formulas"
-        for entry in formulas.iterdir() if formulas.is_dir() else ():
-            (self.tree / entry.name).symlink_to(entry)
-        self.extmods = self.workdir / "extmods"
-        (self.workdir / "pillar").mkdir()
-
-    def config_dir(self, minion_id, extra=None):
-        conf_dir = self.workdir / "conf" / minion_id
-        if not conf_dir.exists():
-            conf_dir.mkdir(parents=True)
-        conf = {
-            "id": minion_id,
-            # Explicit paths rather than root_dir: Salt would prefix root_dir to
-            # extension_modules too, and the minions share one synced copy.
-            "pki_dir": str(self.workdir / "root" / minion_id / "pki"),
-            "cachedir": str(self.workdir / "root" / minion_id / "cache"),
-            "sock_dir": str(self.workdir / "root" / minion_id / "sock"),
-            "pidfile": str(self.workdir / "root" / minion_id / "minion.pid"),
-            "log_file": str(self.workdir / "root" / minion_id / "minion.log"),
-            "extension_modules": str(self.extmods),
-            "file_client": "local",
-            "file_roots": {"base": [str(self.tree)]},
-            "consul": {"address": self.consul.http_addr},
-            # Masterless: the minion compiles the ext_pillar itself (with a master,
-            # this block goes in the master config and the minion ID decides).
-            "ext_pillar": [{"consul": {"layers": LAYERS}}],
-            "pillar_roots": {"base": [str(self.workdir / "pillar")]},
-            "log_level": "quiet",
-        }
-        conf.update(extra or {})
-        (conf_dir / "minion").write_text(json.dumps(conf))
-        return conf_dir
-
-    def call(self, minion_id, *args, check=True):
-        proc = subprocess.run(
-            [str(SALT_CALL), "--local", "-c", str(self.config_dir(minion_id)), "--out", "json",
-             "--retcode-passthrough", *args],
-            capture_output=True, text=True, timeout=300, check=False,
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"salt-call {' '.join(args)} on {minion_id} failed:\n{proc.stdout}{proc.stderr}")
-        return json.loads(proc.stdout)["local"] if proc.stdout.strip() else None
+def line(text):
+    print(f"  {text}", flush=True)
 
 
-def catalog_index(consul):
-    """The catalog's X-Consul-Index: it moves whenever a service or check is (re)registered."""
-    import urllib.request
+class Fleet(rigs.Rig):
+    """The failover rig's raw daemons, each minion with its own Consul agent address, token and extras."""
 
-    with urllib.request.urlopen(consul.http_addr + "/v1/catalog/services", timeout=5) as resp:
-        return int(resp.headers["X-Consul-Index"])
+    def __init__(self, root, master_opts, minion_extra, consul):
+        super().__init__(root, master_opts, list(minion_extra), consul)
+        self.minion_extra = minion_extra
+
+    def _minion_opts(self, mid):
+        opts = super()._minion_opts(mid)
+        opts.update(self.minion_extra[mid])
+        return opts
+
+    def target(self, flag, expression, fun="test.ping", timeout=30):
+        return self._cli("salt", ["-t", str(timeout), flag, expression, fun], timeout)
 
 
-def apply_summary(ret):
-    """``N states, M changed`` for a state.apply return; raises if one failed."""
+def summary(ret):
+    """``N states, M changed`` of one minion's state.apply; raises if a state failed."""
     if not isinstance(ret, dict):
         raise RuntimeError(f"state.apply returned {ret!r}")
     failed = [r.get("comment") for r in ret.values() if r.get("result") is False]
     if failed:
         raise RuntimeError(f"state.apply failed: {failed}")
-    changed = sum(1 for r in ret.values() if r.get("changes"))
-    return f"{len(ret)} states, {changed} changed"
+    return f"{len(ret)} states, {sum(1 for r in ret.values() if r.get('changes'))} changed"
+
+
+def apply(fleet, mid, sls):
+    return summary(fleet.salt(mid, "state.apply", sls, "queue=True").get(mid))
+
+
+def acl_bootstrap(workdir, dc1):
+    """``salt-call --local state.apply consul.acl`` with the management token, the one time it is used."""
+    tokens = pathlib.Path(workdir) / "tokens"
+    files = {role: str(tokens / f"salt-{role}.token") for role in ("master", "minion")}
+    pillar = dict(ACL_PILLAR, tokens={f"salt-{r}": {"policies": [f"salt-{r}"], "secret_file": p} for r, p in files.items()})
+    conf = pathlib.Path(workdir) / "admin"
+    conf.mkdir()
+    (conf / "minion").write_text(json.dumps(dict(
+        LOADER_OPTS,
+        id="admin01.ops.gg.mydc1.example.com",
+        root_dir=str(conf / "root"),
+        file_client="local",
+        file_roots={"base": [str(REPO / "formulas")]},
+        pillar_roots={"base": [str(conf / "pillar")]},
+        consul={"address": dc1.http_addr, "token": dc1.master_token, "retries": 0},
+        log_level="quiet",
+    )))
+    proc = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "salt-call"), "--local", "-c", str(conf), "--out", "json",
+         "--retcode-passthrough", "state.apply", "consul.acl", "pillar=" + json.dumps({"consul_acl": pillar})],
+        capture_output=True, text=True, timeout=180, check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"consul.acl failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return files, json.loads(proc.stdout)["local"]
+
+
+def dns(agent, name):
+    rcode, addresses = dnsquery.query(agent.ports["dns"], name)
+    return ", ".join(addresses) if rcode == 0 and addresses else ("NXDOMAIN" if rcode == 3 else f"rcode {rcode}")
 
 
 def main():
-    workdir = tempfile.mkdtemp(prefix="salt-consul-demo-")
-    consul = localconsul.LocalConsul("mydc1", node_name="demo-agent", log_dir=workdir)
+    # Short: Salt's unix sockets live below it (a socket path has at most 107 bytes).
+    workdir = tempfile.mkdtemp(prefix="scdemo-", dir="/tmp")
+    dc1 = localconsul.LocalConsul("mydc1", acl=True, node_name="agent-mydc1", log_dir=workdir)
+    dc2 = localconsul.LocalConsul(
+        "mydc2", acl=True, master_token=dc1.master_token, node_name="agent-mydc2", log_dir=workdir,
+        # A secondary ACL datacenter: tokens and policies are the primary's.
+        extra_config={"primary_datacenter": "mydc1", "retry_join_wan": [dc1.wan_addr]},
+    )
+    standins = {}
+    fleet = None
     try:
-        heading(f"Consul {consul.datacenter} dev agent on {consul.http_addr}")
-        consul.start()
-        fleet = Fleet(workdir, consul)
+        heading("Two Consul datacenters, ACLs on (default deny)")
+        dc1.start()
+        dc2.start()
+        localconsul.wan_join(dc1, dc2)
+        line(f"mydc1 (ACL primary) {dc1.http_addr}   mydc2 (ACL secondary) {dc2.http_addr}")
+        line(f"datacenters: {', '.join(dc1.api_json('GET', '/v1/catalog/datacenters'))}")
+        status, _ = dc1.api("PUT", "/v1/kv/config/global/x", b"v", token="")
+        line(f"no token: PUT /v1/kv/config/global/x -> {status} (denied)")
 
-        heading("saltutil.sync_all (file_roots -> extension_modules)")
-        synced = fleet.call(MINIONS[0], "saltutil.sync_all")
-        for kind in ("grains", "modules", "states", "utils"):
-            print(f"  {kind:8} {', '.join(synced.get(kind) or []) or '-'}")
+        heading("The shipped least-privilege policies: state.apply consul.acl (management token, once)")
+        files, ret = acl_bootstrap(workdir, dc1)
+        line(f"consul.acl: {summary(ret)}")
+        for policy in sorted(p["Name"] for p in dc1.api_json("GET", "/v1/acl/policies") if p["Name"].startswith("salt-")):
+            rules = dc1.api_json("GET", f"/v1/acl/policy/name/{policy}")["Rules"]
+            kinds = sorted({r.split()[0] for r in rules.splitlines() if r and not r.startswith("#")})
+            line(f"policy {policy:12} {len([r for r in rules.splitlines() if r and not r.startswith('#')])} rules ({', '.join(kinds)})")
+        for role, path in files.items():
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            line(f"token salt-{role:7} secret only in {pathlib.Path(path).name} (mode {mode:o}), never in a return or log")
+        anonymous = dc1.api_json("GET", "/v1/acl/token/00000000-0000-0000-0000-000000000002")
+        line(f"anonymous token policies: {[p['Name'] for p in anonymous.get('Policies') or []]} (DNS reads)")
 
-        heading("Environment derived from each minion ID (grain `env`)")
-        print(f"  {'minion id':36} {'type':5} {'group':6} {'dc':6} {'role':6} postfix")
-        for minion_id in MINIONS:
-            env = fleet.call(minion_id, "grains.get", "env")
-            print(
-                f"  {minion_id:36} {env['type'] or '-':5} {env['group'] or '-':6} "
-                f"{env['datacenter'] or '-':6} {env['role'] or '-':6} {env['postfix'] or '-'}"
-            )
-            name = fleet.call(minion_id, "consul.service_name", "db")
-            print(f"  {'':36} db in this environment -> {name}")
-
-        heading("Round trip to Consul through the execution module")
-        print(f"  consul.status_leader -> {fleet.call(MINIONS[0], 'consul.status_leader')}")
-
-        heading("Consul KV: the layered configuration (one copy, every environment)")
+        heading("Layered configuration in Consul KV (one copy for every environment)")
         for key, value in SEED.items():
-            consul.api("PUT", f"/v1/kv/{key}", value.encode())
-            print(f"  {key} = {value if len(value) < 60 else value[:57] + '...'}")
+            dc1.api("PUT", f"/v1/kv/{key}", value.encode())
+            line(f"{key} = {value if len(value) < 60 else value[:57] + '...'}")
 
-        heading("state.apply pillar_demo,consul.register on every minion (the same SLS everywhere)")
-        for minion_id in MINIONS:
-            summary = apply_summary(fleet.call(minion_id, "state.apply", "pillar_demo,consul.register"))
-            conf = fleet.call(minion_id, "pillar.get", "pillar_demo:db:pool_size")
-            print(f"  {minion_id:36} {summary}; rendered pool_size = {conf}")
+        heading("A real salt-master and five minions (two environments, two datacenters)")
+        for mid in (PRIMARY, REPLICA):
+            standins[mid] = rigs.StandIn(workdir, mid)
+        ports = {mid: s.port for mid, s in standins.items()}
+        state_tree, pillar_tree = rigs.make_trees(pathlib.Path(workdir) / "trees", workdir, ports)
+        (state_tree / "_pillar").symlink_to(REPO / "_pillar")
+        master_opts = rigs.master_config(state_tree, pillar_tree, dc1)
+        master_opts["consul"] = {"address": dc1.http_addr, "retries": 0, "timeout": 3, "token_file": files["master"]}
+        # revalidate: always, so that the outage below shows on the very next compile
+        # (the default, watch, notices a hung agent within watch_wait, 60 s).
+        master_opts["ext_pillar"] = [{"consul": {"layers": LAYERS, "revalidate": "always"}}]
+        minion_consul = {"address": dc1.http_addr, "retries": 0, "token_file": files["minion"]}
+        extra = {mid: {"consul": minion_consul} for mid in MINIONS}
+        extra[REMOTE] = {"consul": dict(minion_consul, address=dc2.http_addr)}
+        claim = {"type": "prod", "group": "gg", "datacenter": "mydc1", "role": "web", "host": "web01",
+                 "postfix": "prod.gg.mydc1"}
+        extra[SPOOFER] = {"consul": dict(minion_consul, env={"type": "prod"}), "grains": {"env": claim}}
+        fleet = Fleet(pathlib.Path(workdir) / "s", master_opts, extra, dc1)
+        fleet.start()
+        fleet.run("saltutil.sync_all")
+        synced = fleet.salt("*", "saltutil.sync_all", timeout=120)
+        fleet.salt("*", "saltutil.refresh_pillar", "wait=True", timeout=120)
+        line(f"minions answering: {len(synced)} ({', '.join(sorted(synced))})")
+        line("master on the salt-master token, minions on salt-minion; no management token from here on")
 
-        heading("state.apply consul.dns on the db minions (environment DNS names)")
-        for minion_id in (MINIONS[1], MINIONS[3]):
-            print(f"  {minion_id:36} {apply_summary(fleet.call(minion_id, 'state.apply', 'consul.dns'))}")
+        heading("Layered pillar: the master reads each minion's environment from its ID")
+        pools = fleet.salt("*", "pillar.get", "pillar_demo:db:pool_size", *UNMASK)
+        envs = fleet.salt("*", "pillar.get", "consul_env:postfix", *UNMASK)
+        for mid in MINIONS:
+            line(f"{mid:34} env {envs.get(mid) or '-':14} pool_size = {pools.get(mid)}")
 
-        heading("What Consul holds now: services by environment")
-        services = consul.api_json("GET", "/v1/agent/services")
-        by_env = {}
-        for sid, svc in sorted(services.items()):
-            by_env.setdefault(svc.get("Meta", {}).get("env", "-"), []).append(
-                f"{sid} tags={','.join(svc['Tags'])} addr={svc.get('Address') or '(node)'}:{svc['Port']}"
-            )
-        for env_name, lines in sorted(by_env.items()):
-            print(f"  {env_name}")
-            for line in lines:
-                print(f"    {line}")
+        heading("A minion spoofing its environment (grains and its own config say prod)")
+        line(f"{SPOOFER}: grains env:type = {fleet.salt(SPOOFER, 'grains.get', 'env:type')[SPOOFER]} (its claim)")
+        secret = fleet.salt(SPOOFER, "pillar.get", "secrets:db_password", *UNMASK)[SPOOFER]
+        line(f"{SPOOFER}: pillar pool_size = {pools.get(SPOOFER)}, prod's db_password = {secret or '(none)'}")
+        by_grains = sorted(fleet.target("-G", "env:type:prod"))
+        by_pillar = sorted(fleet.target("-I", "consul_env:type:prod"))
+        line(f"salt -G 'env:type:prod'          matches {len(by_grains)}: spoofer included = {SPOOFER in by_grains}")
+        line(f"salt -I 'consul_env:type:prod'   matches {len(by_pillar)}: spoofer included = {SPOOFER in by_pillar}")
 
-        heading("Consul DNS answers for environment names")
-        for name in ("db.prod.gg.mydc1.query.consul", "db.dev.gg.mydc1.query.consul", "web.dev.gg.mydc1.query.consul"):
-            rcode, addresses = dnsquery.query(consul.ports["dns"], name)
-            print(f"  {name:34} -> {', '.join(addresses) if rcode == 0 and addresses else f'rcode {rcode}'}")
+        heading("Registration, a single DB primary, environment DNS names")
+        for mid in (CLIENT, SPOOFER, REMOTE):
+            line(f"{mid:34} consul.register: {apply(fleet, mid, 'consul.register')}")
+        standins[PRIMARY].start(role="replica")
+        standins[REPLICA].start(role="replica")
+        for mid in (PRIMARY, REPLICA):
+            line(f"{mid:34} failover: {apply(fleet, mid, 'failover')}; stand-in role {standins[mid].role}")
+        rigs.wait_for(lambda: rigs.passing_instances(dc1) == [f"db@{PRIMARY}"], 30)
+        line(f"{CLIENT:34} failover.client: {apply(fleet, CLIENT, 'failover.client')}")
+        for mid in (PRIMARY, REMOTE):  # prepared queries live in each datacenter
+            line(f"{mid:34} consul.dns: {apply(fleet, mid, 'consul.dns')}")
+        tags = dc1.api_json("GET", "/v1/agent/services")[f"web@{SPOOFER}"]["Tags"]
+        line(f"web@{SPOOFER} registered with tags {','.join(tags)} (its real environment)")
+        for name in ("db.prod.gg.mydc1.query.consul", "db.dev.gg.mydc1.query.consul",
+                     "web.prod.gg.mydc1.query.consul", "web.dev.gg.mydc1.query.consul"):
+            line(f"{name:32} -> {dns(dc1, name)}")
+        line(f"lock {rigs.LOCK_KEY} held by {rigs.lock_state(dc1)[1]}")
 
-        heading("Second state.apply on every minion: nothing to change")
-        catalog_before = catalog_index(consul)
-        changed_total = 0
-        for minion_id in MINIONS:
-            ret = fleet.call(minion_id, "state.apply", "pillar_demo,consul.register")
-            changed_total += sum(1 for r in ret.values() if r.get("changes"))
-            print(f"  {minion_id:36} {apply_summary(ret)}")
-        if changed_total:
-            raise RuntimeError(f"second apply reported {changed_total} changed states")
-        catalog_after = catalog_index(consul)
-        print(f"  Consul catalog index before/after: {catalog_before} -> {catalog_after}"
-              f" ({'unchanged: nothing was re-registered' if catalog_before == catalog_after else 'CHANGED'})")
-        print("\ndemo: ok")
+        heading("The DB primary fails: the replica takes over (no salt command from here)")
+        new_conf = f"db_primary = 127.0.0.1:{standins[REPLICA].port}"
+        killed = time.monotonic()
+        standins[PRIMARY].kill()
+        line(f"{PRIMARY} stand-in killed")
+        if not rigs.wait_for(lambda: new_conf in rigs.client_conf(workdir), 120, step=0.1):
+            raise RuntimeError(f"no failover within 120 s: {rigs.client_conf(workdir)}")
+        took = time.monotonic() - killed
+        line(f"failover took {took:.1f}s: {CLIENT}'s config now says "
+             f"db_primary_node = {REPLICA if f'db_primary_node = {REPLICA}' in rigs.client_conf(workdir) else '?'}")
+        rigs.wait_for(lambda: rigs.db_instances(dc1) == [f"db@{REPLICA}"] and standins[PRIMARY].role == "replica", 60)
+        line(f"lock held by {rigs.lock_state(dc1)[1]}; stand-in roles: db02 {standins[REPLICA].role}, "
+             f"db01 {standins[PRIMARY].role} (fenced: registered db instances {', '.join(rigs.db_instances(dc1))})")
+        line(f"db.prod.gg.mydc1.query.consul -> {dns(dc1, 'db.prod.gg.mydc1.query.consul')} "
+             f"(passing: {', '.join(rigs.passing_instances(dc1))})")
+
+        heading("Cross-datacenter discovery")
+        here = fleet.salt(CLIENT, "consul.discover_hosts", "web")[CLIENT]
+        there = fleet.salt(CLIENT, "consul.discover_hosts", "web", "dc=mydc2")[CLIENT]
+        line(f"{CLIENT}: web in mydc1 -> {here}")
+        line(f"{CLIENT}: web in mydc2 -> {there} (registered by {REMOTE} on mydc2's agent)")
+        line(f"web.prod.gg.mydc2.query.consul on mydc2 -> {dns(dc2, 'web.prod.gg.mydc2.query.consul')}")
+
+        heading("Consul outage: the last good pillar, marked stale")
+        dc1.pause()
+        try:
+            fleet.salt(CLIENT, "saltutil.refresh_pillar", "wait=True", timeout=60)
+            pool = fleet.salt(CLIENT, "pillar.get", "pillar_demo:db:pool_size", *UNMASK)[CLIENT]
+            marker = fleet.salt(CLIENT, "pillar.get", "consul_pillar", *UNMASK)[CLIENT]
+            line(f"mydc1 paused (hung): {CLIENT} pool_size = {pool}, consul_pillar = {json.dumps(marker, sort_keys=True)}")
+        finally:
+            dc1.resume()
+        fleet.salt(CLIENT, "saltutil.refresh_pillar", "wait=True", timeout=60)
+        marker = fleet.salt(CLIENT, "pillar.get", "consul_pillar", *UNMASK)[CLIENT]
+        line(f"mydc1 back: consul_pillar = {json.dumps(marker or None)} (fresh)")
+
+        print(f"\ndemo: ok ({time.monotonic() - T0:.0f}s)", flush=True)
         return 0
     finally:
-        consul.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        consul.cleanup()
+        if fleet is not None:
+            fleet.stop()
+        for standin in standins.values():
+            standin.kill()
+        with contextlib.suppress(Exception):
+            dc1.resume()
+        dc2.cleanup()
+        dc1.cleanup()
+        if not os.environ.get("DEMO_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@
   service name plus the postfix, e.g. db.prod.gg.mydc1.query.consul) resolves
   to the healthy instances tagged with that type and group. Apply it on one
   minion per Consul datacenter (queries live in the datacenter's catalog).
+
+  Under ACL default-deny a query runs with its caller's token (for DNS: the
+  anonymous one) unless it stores a token: consul_dns:query_token_file (a file
+  on this minion) or consul_dns:query_token_pillar (a pillar key holding it).
+  docs/acl.md has both ways.
 -#}
 {%- set conf = salt['pillar.get']('consul_dns', {}) %}
 {%- for service in conf.get('services', []) or [] %}
@@ -11,7 +16,7 @@
 consul-dns-{{ service }}:
   consul.env_query_present:
     - name: {{ service | yaml_dquote }}
-{%-   for key in ('datacenter', 'ttl', 'near', 'only_passing', 'failover_datacenters') %}
+{%-   for key in ('datacenter', 'ttl', 'near', 'only_passing', 'failover_datacenters', 'query_token_file', 'query_token_pillar') %}
 {%-     if conf.get(key) is not none %}
     - {{ key }}: {{ conf[key] | json }}
 {%-     endif %}

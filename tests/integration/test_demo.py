@@ -1,6 +1,10 @@
-"""`make demo` runs to the end and leaves no process behind."""
+"""
+`make demo` runs to the end, prints every section as a line a person can
+check, and leaves no process behind (Consul agents, Salt daemons, stand-ins).
+"""
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -13,12 +17,12 @@ def _demo_processes():
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if "consul-mydc1-" in cmdline or "salt-consul-demo-" in cmdline:
+        if "/tmp/scdemo-" in cmdline or "consul-mydc1-" in cmdline or "consul-mydc2-" in cmdline:
             found.append(cmdline)
     return found
 
 
-def test_demo_runs_and_cleans_up():
+def test_demo_runs_shows_each_section_and_cleans_up():
     assert _demo_processes() == []
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "demo.py")],
@@ -26,15 +30,38 @@ def test_demo_runs_and_cleans_up():
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "demo: ok" in out
-    for postfix in ("prod.gg.mydc1", "dev.gg.mydc1"):
-        assert postfix in out
-    # Environment DNS names answer with that environment's db only.
-    assert "db.prod.gg.mydc1.query.consul      -> 127.0.0.11" in out
-    assert "db.dev.gg.mydc1.query.consul       -> 127.0.0.12" in out
-    # The same SLS rendered each environment's value from the layered KV.
-    assert "rendered pool_size = 50" in out and "rendered pool_size = 5" in out
-    second = out.split("Second state.apply", 1)[1]
-    assert second.count(", 0 changed") == 4
-    assert "unchanged: nothing was re-registered" in second
+    assert re.search(r"^demo: ok \(\d+s\)$", out, re.M), out[-2000:]
+    # Two datacenters, ACLs on, default deny; the shipped policies, secrets only in 0600 files.
+    assert "datacenters: mydc1, mydc2" in out
+    assert "no token: PUT /v1/kv/config/global/x -> 403 (denied)" in out
+    for policy in ("salt-dns", "salt-master", "salt-minion"):
+        assert f"policy {policy}" in out
+    assert out.count("(mode 600), never in a return or log") == 2
+    assert "anonymous token policies: ['salt-dns']" in out
+    # Layered pillar per environment, decided by the master from the minion ID.
+    assert re.search(r"web01\.prod\.gg\.mydc1\.example\.com +env prod\.gg\.mydc1 +pool_size = 50", out)
+    assert re.search(r"web01\.dev\.gg\.mydc1\.example\.com +env dev\.gg\.mydc1 +pool_size = 5$", out, re.M)
+    assert re.search(r"web01\.prod\.gg\.mydc2\.example\.com +env prod\.gg\.mydc2 +pool_size = 50", out)
+    # The spoofer: prod in its grains, dev's pillar, no prod secret, not matched by pillar targeting.
+    assert "grains env:type = prod (its claim)" in out
+    assert "pillar pool_size = 5, prod's db_password = (none)" in out
+    assert re.search(r"salt -G 'env:type:prod' +matches 5: spoofer included = True", out)
+    assert re.search(r"salt -I 'consul_env:type:prod' +matches 4: spoofer included = False", out)
+    assert "prod-only-s3cret" not in out.split("A minion spoofing", 1)[1]
+    # Registration and environment DNS names.
+    assert "registered with tags dev,gg (its real environment)" in out
+    assert re.search(r"db\.prod\.gg\.mydc1\.query\.consul +-> 127\.0\.0\.1", out)
+    assert re.search(r"db\.dev\.gg\.mydc1\.query\.consul +-> NXDOMAIN", out)
+    assert re.search(r"web\.dev\.gg\.mydc1\.query\.consul +-> 127\.0\.0\.3", out)
+    assert "held by db01.prod.gg.mydc1.example.com" in out
+    # Failover with its time; the old primary fenced.
+    assert re.search(r"failover took \d+\.\ds: .* db_primary_node = db02\.prod\.gg\.mydc1\.example\.com", out)
+    assert "lock held by db02.prod.gg.mydc1.example.com; stand-in roles: db02 primary, db01 replica" in out
+    assert "registered db instances db@db02.prod.gg.mydc1.example.com)" in out
+    # Cross-datacenter discovery.
+    assert "web in mydc2 -> ['127.0.0.2:8080']" in out
+    assert "web.prod.gg.mydc2.query.consul on mydc2 -> 127.0.0.2" in out
+    # The outage: last good pillar, marked stale; fresh again afterwards.
+    assert re.search(r'pool_size = 50, consul_pillar = \{"age": \d+, "stale": true\}', out)
+    assert "mydc1 back: consul_pillar = null (fresh)" in out
     assert _demo_processes() == []

@@ -5,6 +5,7 @@ The extension loads both ways a Salt user installs it:
 * ``pip install`` with the ``salt.loader`` entry point and no file_roots at all.
 """
 
+import inspect
 import json
 import os
 import pathlib
@@ -13,8 +14,14 @@ import subprocess
 import sys
 
 import pytest
+import salt.modules.pillar
+import salt.utils.yaml
 
 from conftest import DEV_MINION, PROD_MINION, REPO, UNMASK
+
+# Salt 3008 masks pillar values in pillar.get/items output unless asked not to;
+# 3006 has no such option (and refuses an unknown one).
+UNMASK = ("unmask=True",) if "unmask" in inspect.signature(salt.modules.pillar.get).parameters else ()
 
 
 def test_sync_all_minion_side(prod_minion, dev_minion, salt_cli):
@@ -36,6 +43,23 @@ def test_grain_targeting(prod_minion, dev_minion, salt_cli):
     # expression above is the target.
     assert ret.returncode == 0, ret
     assert set(ret.data) == {PROD_MINION}
+
+
+def test_pillar_targeting_follows_the_master_derived_env(prod_minion, dev_minion, salt_cli):
+    """The docs' ``salt -I 'consul_env:...'`` commands, as written (Salt 3008 and 3006)."""
+    for expression, expected in (
+        ("consul_env:type:prod", {PROD_MINION}),
+        ("consul_env:type:dev", {DEV_MINION}),
+        ("consul_env:role:web", {PROD_MINION, DEV_MINION}),
+    ):
+        ret = salt_cli.run("-I", expression, "test.ping", minion_tgt="")
+        assert ret.returncode == 0, ret
+        assert set(ret.data) == expected, (expression, ret.data)
+    ret = salt_cli.run("-C", "I@consul_env:type:prod and I@consul_env:group:gg", "test.ping", minion_tgt="")
+    assert set(ret.data) == {PROD_MINION}, ret
+    # What the environment looks like in pillar, unmasked where Salt masks it (3008).
+    ret = salt_cli.run("pillar.get", "consul_env:postfix", *UNMASK, minion_tgt=PROD_MINION)
+    assert ret.data == "prod.gg.mydc1", ret
 
 
 def test_sync_all_master_side(salt_master):
@@ -123,3 +147,40 @@ def test_pip_install_entry_point(pip_prefix, consul_agent, tmp_path):
     assert env in ("", None)
     rc, name, proc = _salt_call(tmp_path, consul_agent, None, "consul.service_name", "db")
     assert rc != 0
+
+
+def test_pip_install_ships_the_formulas(pip_prefix, consul_agent, tmp_path):
+    installed = pip_prefix.parents[2] / "share" / "salt-consul" / "formulas"
+    tracked = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "formulas"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "formulas/consul/acl.sls" in tracked
+    missing = [f for f in tracked if not (installed / f.removeprefix("formulas/")).is_file()]
+    assert missing == []
+    assert (installed / "consul" / "register.sls").read_bytes() == (REPO / "formulas/consul/register.sls").read_bytes()
+    env = dict(os.environ, PYTHONPATH=str(pip_prefix))
+    # The path, for scripts ...
+    proc = subprocess.run(
+        [sys.executable, "-m", "saltconsul_loader", "formulas"], capture_output=True, text=True, env=env, check=False,
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, str(installed)), proc.stderr
+    # ... and from the runner, on a master config of its own (no daemon needed).
+    conf = tmp_path / "master-conf"
+    conf.mkdir()
+    (tmp_path / "master-root" / "var" / "cache" / "salt" / "master" / "proc").mkdir(parents=True)
+    (conf / "master").write_text(json.dumps({"root_dir": str(tmp_path / "master-root"), "log_level_logfile": "info"}))
+    salt_run = pathlib.Path(sys.executable).parent / "salt-run"
+    proc = subprocess.run(
+        [str(salt_run), "-c", str(conf), "--out", "json", "consul_formulas.path"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+    assert proc.returncode == 0 and json.loads(proc.stdout) == str(installed), (proc.stdout, proc.stderr)
+    # That path on file_roots: the formulas render (masterless), with the shipped pillar example.
+    example = salt.utils.yaml.safe_load((installed / "consul" / "acl.pillar.example").read_text())
+    rc, sls, proc = _salt_call(
+        tmp_path, consul_agent, pip_prefix, "state.show_sls", "consul.acl", f"pillar={json.dumps(example)}",
+        file_roots={"base": [str(installed)]},
+    )
+    assert rc == 0, proc.stderr
+    assert "acl_policy_present" in sls["consul-acl-policy-salt-minion"]["consul"], sls
+    assert {"consul-acl-token-salt-master", "consul-acl-token-salt-minion", "consul-acl-anonymous-dns"} <= set(sls)
