@@ -29,7 +29,6 @@ values with ``value_pillar=`` or ``value_file=`` rather than on the command line
 import hashlib
 import logging
 import os
-import re
 import threading
 
 import salt.utils.data
@@ -65,7 +64,6 @@ __virtualname__ = "consul"
 
 DISCOVER_CONTEXT_KEY = "saltconsul.discover"
 _MISSING = object()
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def __virtual__():
