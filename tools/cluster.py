@@ -65,7 +65,11 @@ class Cluster:
 
     acl
         Enable ACLs (``default_policy: deny``) with a management token
-        (``master_token``) on every agent as its agent token.
+        (``master_token``). Agents start with it as their agent token; once
+        the cluster is up each agent gets a token of its own, limited to its
+        node (a Consul *node identity*: node write, service read), set
+        through ``/v1/agent/token/agent`` and kept for restarts
+        (``agent_tokens``: node name -> secret).
     gossip
         Serf LAN settings (default ``FAST_GOSSIP``; None for Consul's own).
     """
@@ -75,7 +79,9 @@ class Cluster:
         self.base = _base()
         self.workdir = tempfile.mkdtemp(prefix=f"consul-cluster-{datacenter}-")
         self.log_dir = log_dir or self.workdir
+        self.acl = acl
         self.master_token = ("root-" + os.urandom(8).hex()) if acl else None
+        self.agent_tokens = {}
         extra = {"gossip_lan": dict(gossip)} if gossip else {}
         self.servers = [
             LocalConsul(
@@ -127,7 +133,26 @@ class Cluster:
         for agent in self.agents.values():
             agent.wait_ready(max(1.0, deadline - time.monotonic()))
         self.wait_members(timeout=max(1.0, deadline - time.monotonic()))
+        if self.acl:
+            self._issue_agent_tokens()
         return self
+
+    def _issue_agent_tokens(self):
+        """A token per agent, limited to its own node; the management token stays with the test."""
+        server = self.live_server()
+        for name, agent in self.agents.items():
+            token = server.api_json(
+                "PUT",
+                "/v1/acl/token",
+                {
+                    "Description": f"agent token of {name}",
+                    "NodeIdentities": [{"NodeName": name, "Datacenter": self.datacenter}],
+                },
+            )
+            secret = token["SecretID"]
+            agent.api_json("PUT", "/v1/agent/token/agent", {"Token": secret})
+            agent.acl_agent_token = secret  # the config of its next (re)start
+            self.agent_tokens[name] = secret
 
     def stop(self):
         """Stop every agent by its PID (clients first, then servers)."""
