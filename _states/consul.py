@@ -1049,10 +1049,16 @@ def single_holder_service(
         if changes:
             ret["changes"]["service"] = changes
         if test:
+            if critical:
+                # What the apply will most likely end with: no lock.
+                ret["changes"] = {}
+                return _fail(
+                    ret,
+                    f"Check(s) {', '.join(critical)} critical: would not take the lock {key} "
+                    f"unless they pass within {wait_passing}s",
+                )
             ret["result"] = None
             ret["comment"] = f"Would register {sid}, wait up to {wait_passing}s for its checks and take the lock {key}"
-            if critical:
-                ret["comment"] += f" (check(s) {', '.join(critical)} critical now: no lock while they are)"
             return ret
 
         acquiring = True

@@ -216,6 +216,8 @@ def test_healthy_replica_single_holder_on_first_apply(consul_agent, pair, servic
         take(consul_agent, failed, name, key, spec)
         for _ in range(ROUNDS):
             fail_holder(consul_agent, failed, key)
+            dry = failed.apply(spec, test=True)
+            assert dry["result"] is False and dry["changes"] == {} and "critical" in dry["comment"], dry
             if order == "healthy-first":
                 got_healthy, got_failed = apply_in_order(healthy, failed, spec, gap)
             else:
