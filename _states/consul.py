@@ -1107,12 +1107,12 @@ def single_holder_service(
                     # A healthy minion won the race: stand by, as if it had
                     # held the lock when we started.
                     acquiring = False
-                    _undo(ret, key, None, sessions, sid, token)
                     ret["changes"] = {}
                     holder_name = holder.get("value") or holder.get("session")
                     ret["comment"] = (
                         f"Standing by: {name} is held by {holder_name} (lock {key}); {sid} not registered here"
                     )
+                    _undo(ret, key, None, sessions, sid, token)  # may turn it False, saying what is left
                     return ret
                 if time.monotonic() >= deadline:
                     raise CommandExecutionError(f"lock {key} still in its lock delay after {wait_lock:g}s")
