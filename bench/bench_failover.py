@@ -216,9 +216,11 @@ def _cluster_figures():
     results.append(
         (
             "failover_cluster_config",
-            f"servers=3 raft_multiplier=1 gossip_lan({gossip}) check=tcp/1s lock_delay={cluster_failover.LOCK_DELAY:g}s "
-            f"watchdog(fence_after={wd['fence_after']:g}s interval={wd['interval']:g}s timeout={wd['timeout']:g}s "
-            f"demote_timeout={wd['demote_timeout']:g}s)",
+            (
+                f"servers=3 raft_multiplier=1 gossip_lan({gossip}) check=tcp/1s "
+                f"lock_delay={cluster_failover.LOCK_DELAY:g}s watchdog(fence_after={wd['fence_after']:g}s "
+                f"interval={wd['interval']:g}s timeout={wd['timeout']:g}s demote_timeout={wd['demote_timeout']:g}s)"
+            ),
         )
     )
     return results

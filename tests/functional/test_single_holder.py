@@ -19,8 +19,8 @@ import time
 import uuid
 
 import pytest
-from conftest import lock_state, wait_for
 import salt.loader
+from conftest import lock_state, wait_for
 
 PRIMARY = "db01.prod.gg.mydc1.example.com"
 REPLICA = "db02.prod.gg.mydc1.example.com"
@@ -235,7 +235,8 @@ def test_healthy_replica_single_holder_on_first_apply(consul_agent, pair, servic
             assert lock_state(consul_agent, key)[1] == healthy.id
             assert sessions_of(consul_agent, failed.id, name) == []
             assert registered(consul_agent, name) == [f"{name}@{healthy.id}"]
-            assert wait_for(lambda: passing(consul_agent, name) == [f"{name}@{healthy.id}"], timeout=10)
+            want = [f"{name}@{healthy.id}"]
+            assert wait_for(lambda want=want: passing(consul_agent, name) == want, timeout=10)
             # The failed node's database comes back: now it is the replica.
             failed.db.up()
             failed, healthy = healthy, failed
@@ -285,15 +286,13 @@ def test_guard_held_lock_given_up_when_checks_critical(consul_agent, pair, servi
     sick.db.down()
     body = spec(sick)
     check = body["checks"][0]
-    status, _ = consul_agent.api(
-        "PUT",
-        "/v1/agent/service/register",
-        (
-            '{"Name": "%s", "ID": "%s", "Meta": {"managed_by": "salt-consul", "salt_minion": "%s"},'
-            ' "Check": {"CheckID": "service:%s:db", "Name": "db", "TCP": "%s", "Interval": "1s"}}'
-            % (name, sid, sick.id, sid, check["tcp"])
-        ).encode(),
-    )
+    registration = {
+        "Name": name,
+        "ID": sid,
+        "Meta": {"managed_by": "salt-consul", "salt_minion": sick.id},
+        "Check": {"CheckID": f"service:{sid}:db", "Name": "db", "TCP": check["tcp"], "Interval": "1s"},
+    }
+    status, _ = consul_agent.api("PUT", "/v1/agent/service/register", registration)
     assert status == 200
     guard = consul_agent.api_json(
         "PUT", "/v1/session/create", f'{{"Name": "salt-consul {name} {sick.id} (acquiring)", "LockDelay": "1s"}}'.encode()

@@ -18,9 +18,8 @@ import socketserver
 import threading
 
 import pytest
-from conftest import synced_master, synced_minion
-
 from cluster import Cluster
+from conftest import synced_master, synced_minion
 
 DB01 = "db01.prod.gg.mydc1.example.com"
 DB02 = "db02.prod.gg.mydc1.example.com"

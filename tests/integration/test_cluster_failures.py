@@ -21,6 +21,7 @@ import json
 import time
 
 import pytest
+from cluster import FAILED
 from cluster_fixtures import (  # noqa: F401  (fixtures)
     DB01,
     DB02,
@@ -34,8 +35,6 @@ from cluster_fixtures import (  # noqa: F401  (fixtures)
     state_results,
 )
 from conftest import lock_state, wait_for
-
-from cluster import FAILED
 
 N_SERVICES = 12
 N_KEYS = 12

@@ -5,9 +5,8 @@ tests rely on, checked against Consul's own view.
 
 import os
 
-from conftest import wait_for
-
 from cluster import ALIVE, FAILED, Cluster
+from conftest import wait_for
 
 
 def test_topology_faults_and_acl_tokens(tmp_path):

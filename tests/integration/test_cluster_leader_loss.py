@@ -14,10 +14,9 @@ every writer finishes its increments once a new leader is elected.
 import multiprocessing
 import time
 
-from salt.exceptions import CommandExecutionError
-
 from cluster import Cluster
 from cluster_failover import minion_opts
+from salt.exceptions import CommandExecutionError
 
 KEY = "cluster/counter"
 WRITERS_PER_NODE = 2

@@ -19,9 +19,8 @@ own client agent (Salt's real loaders). Phase durations are printed, never
 asserted (``make bench`` reports them).
 """
 
-import pytest
-
 import cluster_failover
+import pytest
 from cluster import Cluster
 from cluster_failover import PRIMARY, REPLICA
 
