@@ -1141,10 +1141,11 @@ def _undo(ret, key, held_by, sessions, sid, token):
     problems = []
 
     def _deregister():
-        if __salt__["consul.service_get"](sid, token=token) is not None:
-            __salt__["consul.service_deregister"](sid, token=token)
-            if ret["result"] is False:
-                ret["comment"] += f"; {sid} not left registered here"
+        # No read first: with Consul hanging, the write is what must be on
+        # the wire before the release (deregistering is idempotent).
+        __salt__["consul.service_deregister"](sid, token=token)
+        if ret["result"] is False:
+            ret["comment"] += f"; {sid} not left registered here"
 
     # The instance goes first: were the lock released and the deregistration
     # then lost (Consul paused mid-cleanup), it would stay listed unlocked.
