@@ -791,6 +791,30 @@ def lock_holder(key, dc=None, consistency=None, token=None):
     }
 
 
+def lock_held(key, dc=None, token=None):
+    """
+    True if this minion holds the lock on ``key`` right now: a session holds
+    the key and its value is this minion's ID (the convention of
+    ``consul.single_holder_service``). Read with ``consistent`` consistency,
+    so a step gated on it (a DB promotion) never acts on a stale follower read.
+
+    key
+        The lock key.
+    dc
+        Datacenter.
+    token
+        ACL token for this call instead of the configured one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.lock_held locks/db/prod.gg.mydc1/leader
+    """
+    holder = lock_holder(key, dc=dc, consistency="consistent", token=token)
+    return bool(holder and holder.get("session") and holder.get("value") == __opts__.get("id"))
+
+
 # --------------------------------------------------------------------------- agent services and checks
 
 def service_register(

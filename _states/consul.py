@@ -864,12 +864,34 @@ def _default_lock_key(name):
     return saltconsul_env.lock_key(name, __salt__["consul.env"]().get("postfix"))
 
 
-def _wait_not_critical(check_ids, wait, token):
+def _standby_check(sid, key):
+    """
+    The check that hides a candidate's instance from discovery until it holds
+    the lock: a TTL check registered critical (nobody ever passes it). It goes
+    in the same request as the service, so the instance is never passing
+    without the lock. The notes end with the ``[salt-consul <hash>]`` marker,
+    so ``_service_plan`` does not count it as a stale check of the service.
+    """
+    return {
+        "name": "salt-consul standby",
+        "id": f"salt-consul-standby:{sid}",
+        "ttl": "1h",
+        "status": "critical",
+        "notes": f"not the holder of {key}; hidden from discovery [salt-consul {_fingerprint(key)}]",
+    }
+
+
+def _critical(check_ids, token, service_id):
+    """Which of ``check_ids`` the local agent shows as critical (or missing)."""
+    agent = _service_checks(service_id, token)
+    return [cid for cid in check_ids if (agent.get(cid) or {}).get("Status", "critical") == "critical"]
+
+
+def _wait_not_critical(check_ids, wait, token, service_id):
     """Poll the local agent until none of ``check_ids`` is critical; bounded by ``wait`` seconds."""
     deadline = time.monotonic() + max(wait, 0)
     while True:
-        agent = __salt__["consul.check_list"](token=token) or {}
-        bad = [cid for cid in check_ids if (agent.get(cid) or {}).get("Status", "critical") == "critical"]
+        bad = _critical(check_ids, token, service_id)
         if not bad or time.monotonic() >= deadline:
             return bad
         time.sleep(0.25)
@@ -881,6 +903,31 @@ def _tied_to(session_id, check_ids, token):
     if not info:
         return False
     return sorted(c.get("ID") for c in info.get("ServiceChecks") or []) == sorted(check_ids)
+
+
+def _tied_session(name, me, check_ids, lock_delay, deadline, token):
+    """
+    A session that ends when the node (``serfHealth``) or any of the service's
+    checks goes critical. Consul refuses one on a check the *servers* see as
+    critical or do not know yet; through a client agent the passing status
+    reaches them by anti-entropy a moment after the agent shows it, so that
+    refusal is retried until ``deadline``.
+    """
+    while True:
+        try:
+            return __salt__["consul.session_create"](
+                name=f"salt-consul {name} {me}",
+                checks=["serfHealth"],
+                service_checks=check_ids,
+                lock_delay=lock_delay,
+                behavior="release",
+                token=token,
+            )
+        except CommandExecutionError as err:
+            text = str(err).lower()
+            if time.monotonic() >= deadline or not ("critical" in text or "missing check" in text):
+                raise
+        time.sleep(0.25)
 
 
 def single_holder_service(
@@ -902,26 +949,41 @@ def single_holder_service(
 ):
     """
     Register a one-server service (a DB primary) only while this minion holds
-    its Consul lock.
+    its Consul lock, and only while this minion's own checks of it are not
+    critical.
 
     The lock is a KV key whose value is the holder's minion ID, held by a
-    session whose health checks are ``serfHealth`` plus this service's checks.
-    Another minion applying the same state fails, naming the holder, and
-    registers nothing. When the holder's check goes critical (or its node
-    leaves), Consul invalidates the session and releases the lock; after the
-    lock delay the next apply elsewhere takes it. Re-applying on the holder
-    changes nothing.
+    session that ends when ``serfHealth`` or any of this service's checks goes
+    critical (Consul then releases the lock and, for the lock delay, lets
+    nobody take it).
 
-    Order of operations, so that no minion ever has an instance registered
-    without holding the lock: take the lock with a *guard* session tied to
-    the node only; register the service; wait up to ``wait_passing`` seconds
-    for its checks to leave ``critical`` (Consul refuses to tie a session to a
-    critical check); then hand the lock, in one atomic transaction, from the
-    guard to a session tied to the service's checks. If any step fails, the
-    lock is released (explicitly: no lock delay for the next contender), the
-    sessions destroyed and the instance deregistered again. A later apply on a
-    holder whose lock is still held by a guard (a run interrupted by a Consul
-    outage) completes the handover.
+    Outcomes:
+
+    - the lock is held by another minion (whose session, and so whose checks,
+      Consul still considers healthy): this minion is a *standby*. The state
+      is ``True`` with no changes, naming the holder. A stale instance of ours
+      (from when we held it) is deregistered, a change.
+    - this minion holds it and its checks are not critical: compliant, or the
+      service definition is updated.
+    - this minion holds it but one of its checks is critical on its own agent
+      (Consul has not yet ended the session): the session is destroyed (the
+      lock delay applies, as if Consul had ended it), the instance
+      deregistered; ``False``.
+    - nobody holds it: the instance is registered *hidden* (with a critical
+      ``salt-consul-standby:<id>`` check, in the same request), the state
+      waits up to ``wait_passing`` seconds for its own checks to leave
+      ``critical`` on the local agent, and only then creates a session tied
+      to them and takes the lock (retrying while a released lock is in its
+      lock delay, up to ``lock_wait``), then removes the standby check. A
+      minion whose checks stay critical never creates a session and never
+      takes the lock: it deregisters its instance and fails. A minion that
+      loses the race to a healthy one cleans up and stands by (``True``).
+
+    Nothing stays registered without the lock: every failed step undoes what
+    the run did (the lock released explicitly, the sessions destroyed, the
+    instance deregistered). A lock held by a session of ours that is not tied
+    to the checks (a run of an older version, interrupted) is handed over
+    atomically to a tied session if the checks are healthy, else given up.
 
     name
         The Consul service name.
@@ -939,7 +1001,8 @@ def single_holder_service(
         Seconds to keep retrying while a released lock is still in its lock
         delay (default: the lock delay plus 2 seconds).
     wait_passing
-        Seconds to wait for the new checks to leave ``critical``.
+        Seconds to wait for this minion's checks to leave ``critical`` before
+        taking the lock.
     tags, address, port, meta, weights, enable_tag_override, env_tags
         As for ``service_present``.
     token
@@ -952,6 +1015,7 @@ def single_holder_service(
     acquiring = False
     key = None
     sid = service_id or name
+    test = __opts__.get("test")
     try:
         if not checks:
             raise SaltInvocationError("a single-holder service needs at least one check to tie its lock to")
@@ -963,140 +1027,188 @@ def single_holder_service(
         )
         sid = desired["ID"]
         check_ids = [check["id"] for check in desired["checks"]]
-        ours = current is not None and _owner_problem(current, False) is None
-        if current is not None and not ours:
+        standby = _standby_check(sid, key)
+        if current is not None and _owner_problem(current, False) is not None:
             return _fail(ret, _owner_problem(current, False))
         holder = __salt__["consul.lock_holder"](key, token=token)
         holder_name = (holder or {}).get("value") or (holder or {}).get("session")
 
-        guard = None
-        if holder and holder.get("value") == me:
-            if _tied_to(holder["session"], check_ids, token):
-                if not changes:
-                    ret["comment"] = f"This minion holds {key}; service {sid} is registered as declared"
-                    return ret
-                ret["changes"] = {"service": changes}
-                if __opts__.get("test"):
-                    ret["result"] = None
-                    ret["comment"] = f"This minion holds {key}; service {sid} would be updated"
-                    return ret
-                _service_write(desired, stale, token)
-                ret["comment"] = f"This minion holds {key}; service {sid} updated"
-                return ret
-            # Held by this minion's guard session from an interrupted run (or a
-            # session no longer matching the checks): finish the handover below.
-            guard = holder["session"]
-            ret["changes"] = {"lock": {"old": "held by a session not tied to the checks", "new": "tied to the checks"}}
-        elif holder:
-            ret["result"] = False
-            ret["comment"] = f"{name} is held by {holder_name} (lock {key}); not registering {sid} here"
+        if holder and holder.get("value") != me:
+            # Consul keeps the lock only while the holder's session is valid,
+            # that is while its node and its checks are healthy: stand by.
+            ret["comment"] = f"Standing by: {name} is held by {holder_name} (lock {key}); {sid} not registered here"
             if current is not None:
-                # We held it once and lost it (our check failed): our stale
-                # instance must not stay registered next to the new holder's.
+                # We held it once and lost it: our instance must not stay
+                # registered next to the holder's.
                 ret["changes"] = {"deregistered": sid}
-                if __opts__.get("test"):
+                if test:
+                    ret["result"] = None
                     ret["comment"] += f"; would deregister this minion's stale instance {sid}"
                 else:
                     __salt__["consul.service_deregister"](sid, token=token)
                     ret["comment"] += f"; deregistered this minion's stale instance {sid}"
             return ret
+
+        mine = holder is not None  # held by this minion (value == me)
+        critical = _critical(check_ids, token, sid) if current is not None else None
+        if mine and critical:
+            # Consul has not ended the session yet, but our own agent says we
+            # are unhealthy: give the lock up now. Destroying the session (not
+            # releasing the key) keeps the lock delay, as an invalidation would.
+            ret["changes"] = {"lock": {"old": me, "new": None}, "deregistered": sid}
+            if test:
+                ret["result"] = None
+                ret["comment"] = f"Check(s) {', '.join(critical)} critical: would give up {key} and deregister {sid}"
+                return ret
+            __salt__["consul.session_destroy"](holder["session"], token=token)
+            __salt__["consul.service_deregister"](sid, token=token)
+            return _fail(ret, f"Check(s) {', '.join(critical)} critical: gave up {key} and deregistered {sid}")
+
+        if mine and _tied_to(holder["session"], check_ids, token):
+            hidden = current is not None and standby["id"] in _service_checks(sid, token)
+            if not changes and not hidden:
+                ret["comment"] = f"This minion holds {key}; service {sid} is registered as declared"
+                return ret
+            if changes:
+                ret["changes"]["service"] = changes
+            if hidden:
+                ret["changes"]["discoverable"] = {"old": False, "new": True}
+            if test:
+                ret["result"] = None
+                ret["comment"] = f"This minion holds {key}; service {sid} would be updated"
+                return ret
+            if changes:
+                _service_write(desired, stale, token)
+            if hidden:
+                __salt__["consul.check_deregister"](standby["id"], token=token)
+            ret["comment"] = f"This minion holds {key}; service {sid} updated"
+            return ret
+
+        if mine:
+            # Held by a session of ours not tied to the checks (an interrupted
+            # run of an older version): hand it over below, atomically.
+            ret["changes"] = {"lock": {"old": "held by a session not tied to the checks", "new": "tied to the checks"}}
         else:
             ret["changes"] = {"lock": {"old": None, "new": me}}
         if changes:
             ret["changes"]["service"] = changes
-        if __opts__.get("test"):
+        if test:
+            if critical:
+                # What the apply will most likely end with: no lock.
+                ret["changes"] = {}
+                return _fail(
+                    ret,
+                    f"Check(s) {', '.join(critical)} critical: would not take the lock {key} "
+                    f"unless they pass within {wait_passing}s",
+                )
             ret["result"] = None
-            ret["comment"] = f"Would register {sid} and take the lock {key}"
+            ret["comment"] = f"Would register {sid}, wait up to {wait_passing}s for its checks and take the lock {key}"
             return ret
 
         acquiring = True
-        if guard is None:
-            # 1. The lock first, with a session tied to the node only: no
-            #    instance is registered by a minion that does not hold it.
-            guard = __salt__["consul.session_create"](
-                name=f"salt-consul {name} {me} (acquiring)",
-                checks=["serfHealth"],
-                lock_delay=lock_delay,
-                behavior="release",
+        if mine:
+            held_by = holder["session"]
+        # 1. Registered (or kept) hidden: its checks run, discovery skips it.
+        if current is None or changes:
+            write = dict(desired, checks=desired["checks"] + [standby])
+            _service_write(write, stale, token)
+        elif not mine and standby["id"] not in _service_checks(sid, token):
+            __salt__["consul.check_register"](
+                standby["name"],
+                id=standby["id"],
+                service_id=sid,
+                ttl=standby["ttl"],
+                status=standby["status"],
+                notes=standby["notes"],
                 token=token,
             )
-            sessions.append(guard)
-            deadline = time.monotonic() + wait_lock
-            while not __salt__["consul.lock_acquire"](key, guard, value=me, token=token):
-                holder = __salt__["consul.lock_holder"](key, token=token)
-                if holder or time.monotonic() >= deadline:
-                    holder_name = (holder or {}).get("value") or (holder or {}).get("session")
-                    raise CommandExecutionError(
-                        f"{name} is held by {holder_name} (lock {key})"
-                        if holder
-                        else f"lock {key} still in its lock delay after {wait_lock:g}s"
-                    )
-                # Nobody holds it: a released lock still in its lock delay.
-                time.sleep(0.25)
-        held_by = guard
-        # 2. Register while holding the lock, and wait for the checks.
-        if changes:
-            _service_write(desired, stale, token)
-        critical = _wait_not_critical(check_ids, float(wait_passing), token)
+        # 2. Our own checks must be healthy before any session exists.
+        critical = _wait_not_critical(check_ids, float(wait_passing), token, sid)
         if critical:
             raise CommandExecutionError(
-                f"check(s) {', '.join(critical)} still critical after {wait_passing}s; lock not kept"
+                f"check(s) {', '.join(critical)} still critical after {wait_passing}s; not taking the lock"
             )
-        # 3. Hand the lock atomically to a session that ends with the checks.
-        session = __salt__["consul.session_create"](
-            name=f"salt-consul {name} {me}",
-            checks=["serfHealth"],
-            service_checks=check_ids,
-            lock_delay=lock_delay,
-            behavior="release",
-            token=token,
-        )
+        # 3. A session tied to the node and the checks, then the lock.
+        deadline = time.monotonic() + max(float(wait_passing), wait_lock)
+        session = _tied_session(name, me, check_ids, lock_delay, deadline, token)
         sessions.append(session)
-        __salt__["consul.kv_txn"](
-            [
-                {"verb": "unlock", "key": key, "session": guard},
-                {"verb": "lock", "key": key, "value": me, "session": session},
-            ],
-            token=token,
-        )
-        held_by = session
-        # The guard holds nothing now: destroying it releases nothing.
-        __salt__["consul.session_destroy"](guard, token=token)
+        if mine:
+            __salt__["consul.kv_txn"](
+                [
+                    {"verb": "unlock", "key": key, "session": held_by},
+                    {"verb": "lock", "key": key, "value": me, "session": session},
+                ],
+                token=token,
+            )
+            old, held_by = held_by, session
+            # It holds nothing now: destroying it releases nothing.
+            __salt__["consul.session_destroy"](old, token=token)
+        else:
+            deadline = time.monotonic() + wait_lock
+            while not __salt__["consul.lock_acquire"](key, session, value=me, token=token):
+                holder = __salt__["consul.lock_holder"](key, token=token)
+                if holder:
+                    # A healthy minion won the race: stand by, as if it had
+                    # held the lock when we started.
+                    acquiring = False
+                    ret["changes"] = {}
+                    holder_name = holder.get("value") or holder.get("session")
+                    ret["comment"] = (
+                        f"Standing by: {name} is held by {holder_name} (lock {key}); {sid} not registered here"
+                    )
+                    _undo(ret, key, None, sessions, sid, token)  # may turn it False, saying what is left
+                    return ret
+                if time.monotonic() >= deadline:
+                    raise CommandExecutionError(f"lock {key} still in its lock delay after {wait_lock:g}s")
+                # Nobody holds it: a released lock still in its lock delay.
+                time.sleep(0.25)
+            held_by = session
+        # 4. Holding the lock: the instance becomes discoverable.
+        if standby["id"] in _service_checks(sid, token):
+            __salt__["consul.check_deregister"](standby["id"], token=token)
         ret["comment"] = f"Took the lock {key}; service {sid} registered on this minion"
         return ret
     except (SaltInvocationError, CommandExecutionError) as err:
         ret["changes"] = {}
         ret["result"] = False
         ret["comment"] = f"Single-holder service {sid}: {err}"
-        # Undo what this run did: nothing stays registered without the lock.
-        # Each step is tried on its own, so one failing does not skip the rest.
         if acquiring:
-            problems = []
-            steps = []
-            if held_by:
-                # An explicit release sets no lock delay; destroying a
-                # holding session would make every other minion wait.
-                steps.append(("release the lock", lambda: __salt__["consul.lock_release"](key, held_by, token=token)))
-            for created in sessions:
-                steps.append(
-                    ("destroy a session", lambda created=created: __salt__["consul.session_destroy"](created, token=token))
-                )
-
-            def _deregister():
-                if __salt__["consul.service_get"](sid, token=token) is not None:
-                    __salt__["consul.service_deregister"](sid, token=token)
-                    ret["comment"] += f"; {sid} not left registered here"
-
-            steps.append(("deregister", _deregister))
-            for what, step in steps:
-                try:
-                    step()
-                except CommandExecutionError as undo_err:
-                    problems.append(f"{what}: {undo_err}")
-            if problems:
-                log.warning("single_holder_service %s: cleanup failed: %s", sid, "; ".join(problems))
-                ret["comment"] += f"; cleanup failed ({'; '.join(problems)}); re-apply once Consul answers"
+            _undo(ret, key, held_by, sessions, sid, token)
         return ret
+
+
+def _undo(ret, key, held_by, sessions, sid, token):
+    """
+    Undo what a single-holder run did: nothing stays registered without the
+    lock. Each step is tried on its own, so one failing does not skip the rest.
+    """
+    problems = []
+
+    def _deregister():
+        # No read first: with Consul hanging, the write is what must be on
+        # the wire before the release (deregistering is idempotent).
+        __salt__["consul.service_deregister"](sid, token=token)
+        if ret["result"] is False:
+            ret["comment"] += f"; {sid} not left registered here"
+
+    # The instance goes first: were the lock released and the deregistration
+    # then lost (Consul paused mid-cleanup), it would stay listed unlocked.
+    steps = [("deregister", _deregister)]
+    if held_by:
+        # An explicit release sets no lock delay; destroying a
+        # holding session would make every other minion wait.
+        steps.append(("release the lock", lambda: __salt__["consul.lock_release"](key, held_by, token=token)))
+    for created in sessions:
+        steps.append(("destroy a session", lambda created=created: __salt__["consul.session_destroy"](created, token=token)))
+    for what, step in steps:
+        try:
+            step()
+        except CommandExecutionError as undo_err:
+            problems.append(f"{what}: {undo_err}")
+    if problems:
+        log.warning("single_holder_service %s: cleanup failed: %s", sid, "; ".join(problems))
+        ret["result"] = False  # also for a race loser: what it left must be seen
+        ret["comment"] += f"; cleanup failed ({'; '.join(problems)}); re-apply once Consul answers"
 
 
 # --------------------------------------------------------------------------- environment DNS names

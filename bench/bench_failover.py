@@ -23,6 +23,22 @@ master log (the engine's event):
 * ``failover_clients_seconds``: promoted -> client config re-pointed (a second
   minion job)
 
+On a real topology (``tools/cluster.py``: 3 Consul servers, a client agent per
+DB node; scenarios in ``tools/cluster_failover.py``), without Salt daemons
+(the state through Salt's loaders, applied on the replica until it holds the
+lock, as the orchestration would):
+
+* ``failover_node_death_seconds``: kill -9 of the primary's node (client agent
+  and database) -> replica promoted, with ``_detected`` (gossip marks the node
+  failed), ``_released`` (session invalidated), ``_taken`` (replica holds the
+  lock: the lock delay), ``_promoted``, each from the kill;
+* ``failover_partition_seconds``: the primary's agent SIGSTOPped (its database
+  runs on) -> replica promoted, same phases plus ``_fenced`` (the old primary's
+  watchdog demoted it);
+* ``split_brain_overlap_seconds``: time both databases said ``primary``
+  (sampled every 10 ms), must be 0;
+* ``failover_cluster_config``: the settings used.
+
 Figures, not assertions. The timing knobs default to ``standin_failover.TIMING``
 (check interval 1s, lock delay 1s, engine min_wait 0.5s); to see what each one
 costs, override them: ``BENCH_FAILOVER_TIMING="lock_delay=5s,check_interval=5s"
@@ -178,6 +194,33 @@ def run(agent):
             "failover_config",
             f"check_interval={timing['check_interval']} lock_delay={timing['lock_delay']} "
             f"min_wait={timing['min_wait']}",
+        )
+    )
+    return results + _cluster_figures()
+
+
+def _cluster_figures():
+    """Node death and partition on a 3-server cluster with a client agent per node."""
+    import cluster
+    import cluster_failover
+
+    results = []
+    with cluster.Cluster(nodes=["db01", "db02"]) as topo:
+        results += cluster_failover.report("failover_node_death", cluster_failover.node_death(topo))
+    with cluster.Cluster(nodes=["db01", "db02"]) as topo:
+        part = cluster_failover.partition(topo)
+    results += cluster_failover.report("failover_partition", part)
+    results.append(("split_brain_overlap_seconds", part["overlap"]))
+    gossip = ",".join(f"{k}={v}" for k, v in cluster.FAST_GOSSIP.items())
+    wd = part["watchdog"]
+    results.append(
+        (
+            "failover_cluster_config",
+            (
+                f"servers=3 raft_multiplier=1 gossip_lan({gossip}) check=tcp/1s "
+                f"lock_delay={cluster_failover.LOCK_DELAY:g}s watchdog(fence_after={wd['fence_after']:g}s "
+                f"interval={wd['interval']:g}s timeout={wd['timeout']:g}s demote_timeout={wd['demote_timeout']:g}s)"
+            ),
         )
     )
     return results

@@ -8,6 +8,9 @@ Start and stop real Consul agents on loopback for tests, the demo and the bench.
 Every port is a free loopback port picked at start; every wait is bounded.
 Agents run as single-node servers (``-dev``-like: in-memory unless a data dir
 is kept for restarts), so KV survives ``restart()`` only with ``persist=True``.
+For a real topology (several servers, a client agent per node), see
+``tools/cluster.py``, which builds on this class (``server=False``,
+``bootstrap_expect``, ``retry_join``).
 """
 
 import json
@@ -154,8 +157,18 @@ class LocalConsul:
         extra_config=None,
         log_dir=None,
         tls=None,
+        server=True,
+        bootstrap_expect=1,
+        retry_join=None,
+        acl_agent_token=None,
     ):
         self.datacenter = datacenter
+        # server=False: a client agent (no Raft, forwards to the servers it
+        # joins through retry_join, a list of "addr:serf_lan_port").
+        self.server = server
+        self.bootstrap_expect = bootstrap_expect
+        self.retry_join = list(retry_join or [])
+        self.acl_agent_token = acl_agent_token
         self.acl = acl
         self.master_token = master_token or ("root-" + os.urandom(8).hex() if acl else None)
         self.bind = bind
@@ -192,8 +205,7 @@ class LocalConsul:
         conf = {
             "datacenter": self.datacenter,
             "node_name": self.node_name,
-            "server": True,
-            "bootstrap_expect": 1,
+            "server": self.server,
             "bind_addr": self.bind,
             "client_addr": self.bind,
             "advertise_addr": self.bind,
@@ -209,6 +221,11 @@ class LocalConsul:
             "check_update_interval": "0s",
             "dns_config": {"allow_stale": True, "node_ttl": "0s", "service_ttl": {"*": "0s"}},
         }
+        if self.server:
+            conf["bootstrap_expect"] = self.bootstrap_expect
+        if self.retry_join:
+            conf["retry_join"] = self.retry_join
+            conf["retry_interval"] = "1s"
         if self.tls:
             conf.update(
                 cert_file=self.tls["cert_file"],
@@ -226,13 +243,25 @@ class LocalConsul:
                 "default_policy": "deny",
                 "down_policy": "extend-cache",
                 "enable_token_persistence": False,
-                "tokens": {"master": self.master_token, "agent": self.master_token},
+                "tokens": {"agent": self.acl_agent_token or self.master_token},
             }
+            if self.server:
+                conf["acl"]["tokens"]["master"] = self.master_token
         for key, value in self.extra_config.items():
             conf[key] = value
         return adapt_config(conf, consul_version())
 
-    def start(self, timeout=60):
+    @property
+    def serf_lan_addr(self):
+        return f"{self.bind}:{self.ports['serf_lan']}"
+
+    @property
+    def log_path(self):
+        name = self.datacenter if self.server and self.bootstrap_expect == 1 else self.node_name
+        return os.path.join(self.log_dir, f"consul-{name}.log")
+
+    def start(self, timeout=60, wait=True):
+        """Start the agent; with ``wait`` (default), until it is ready (bounded)."""
         if self.proc and self.proc.poll() is None:
             return self
         if not self.persist:
@@ -240,7 +269,7 @@ class LocalConsul:
         conf_path = os.path.join(self.workdir, "agent.json")
         with open(conf_path, "w", encoding="utf-8") as fh:
             json.dump(self._config(), fh)
-        self._log = open(os.path.join(self.log_dir, f"consul-{self.datacenter}.log"), "ab")
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [consul_binary(), "agent", "-config-file", conf_path],
             stdout=self._log,
@@ -248,7 +277,8 @@ class LocalConsul:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
         return self
 
     def _get(self, path, token=None, timeout=2):
@@ -310,6 +340,22 @@ class LocalConsul:
         if self._log:
             self._log.close()
             self._log = None
+
+    def kill(self, timeout=20):
+        """SIGKILL (a node dying): no leave, no goodbye to the cluster."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=timeout)
+        self.proc = None
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
     def restart(self, timeout=60):
         self.stop()

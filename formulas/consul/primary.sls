@@ -1,8 +1,9 @@
 {#-
   consul.primary: single-holder services (a DB primary). Each service below is
   registered on this minion only while it holds the Consul lock
-  locks/<service>/<postfix>/leader (one holder per environment); elsewhere the
-  state fails naming the holder and registers nothing. See pillar.example.
+  locks/<service>/<postfix>/leader (one holder per environment), and never on
+  a minion whose own checks of it are critical; elsewhere the state stands by
+  (True, no changes, naming the holder) and registers nothing. See pillar.example.
 -#}
 {%- set conf = salt['pillar.get']('consul_primary', {}) %}
 {%- set env = salt['consul.env']() %}

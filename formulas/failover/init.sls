@@ -10,15 +10,17 @@
     (a former primary coming back must not be listed next to the new one)
     and the `demote` step runs (unless it is already a replica).
   * the lock is free or held by this minion: consul.single_holder_service
-    registers the service and takes the lock (atomically: of two candidates
-    racing, one wins, the other fails naming the winner and deregisters);
-    only then does the `promote` step run. If the lock cannot be taken (the
-    local server is down, its check stays critical, or another minion won),
-    the `demote` step runs instead.
+    takes the lock only if this minion's own checks pass on its agent, and
+    registers the service (of two healthy candidates racing, one wins, the
+    other stands by: result True, naming the winner, nothing registered).
+    The `promote` step runs only while this minion holds the lock
+    (consul.lock_held, read when the step runs). If the lock cannot be taken
+    (the local server is down, its check stays critical), the `demote` step
+    runs instead.
 
   ready: optional `cmd` that succeeds only while the local server is up;
-  without it, a candidate whose server is down takes the lock for up to
-  wait_passing seconds before giving up.
+  without it, a candidate whose server is down still never takes the lock,
+  but waits up to wait_passing seconds for its checks before failing.
 
   promote / demote: `cmd` (+ unless, onlyif, cwd, runas, env, timeout) for
   cmd.run, or `state`: one full state declaration, e.g.
@@ -34,7 +36,11 @@
 {%- set me = opts['id'] %}
 {%- set id_format = conf.get('id_format', '{service}@{minion_id}') %}
 
-{%- macro step(sid, spec, requisite, target) %}
+{%- macro step(sid, spec, requisite, target, held=None) %}
+{#- held: a lock key; the step runs only while this minion holds it (checked
+    when the step runs, after the lock state: a candidate that lost the race
+    to another healthy one stands by with result True, and must not promote). #}
+{%-   set guard = [{'fun': 'consul.lock_held', 'key': held}] if held else [] %}
 {%-   if spec.get('state') %}
 {%-     for fun, args in spec['state'] | dictsort %}
 {{ sid }}:
@@ -42,6 +48,9 @@
 {%-       for arg in args or [] %}
     - {{ arg | json }}
 {%-       endfor %}
+{%-       if guard %}
+    - onlyif: {{ guard | json }}
+{%-       endif %}
     - {{ requisite }}:
       - {{ target | json }}
 {%-     endfor %}
@@ -49,11 +58,15 @@
 {{ sid }}:
   cmd.run:
     - name: {{ spec['cmd'] | json }}
-{%-     for key in ('unless', 'onlyif', 'cwd', 'runas', 'env', 'timeout', 'shell') %}
+{%-     for key in ('unless', 'cwd', 'runas', 'env', 'timeout', 'shell') %}
 {%-       if spec.get(key) is not none %}
     - {{ key }}: {{ spec[key] | json }}
 {%-       endif %}
 {%-     endfor %}
+{%-     set onlyif = ([spec['onlyif']] if spec.get('onlyif') is string else (spec.get('onlyif') or [])) + guard %}
+{%-     if onlyif %}
+    - onlyif: {{ onlyif | json }}
+{%-     endif %}
     - {{ requisite }}:
       - {{ target | json }}
 {%-   endif %}
@@ -117,7 +130,7 @@ failover-{{ service }}-ready:
     - {{ arg }}: {{ spec[arg] | json }}
 {%-       endif %}
 {%-     endfor %}
-{{ step('failover-' ~ service ~ '-promote', spec.get('promote') or {}, 'require', {'consul': lock_state}) }}
+{{ step('failover-' ~ service ~ '-promote', spec.get('promote') or {}, 'require', {'consul': lock_state}, held=key) }}
 {{ step('failover-' ~ service ~ '-demote', spec.get('demote') or {}, 'onfail', {'consul': lock_state}) }}
 {%-   endif %}
 {%- endfor %}

@@ -461,7 +461,7 @@ def test_slow_key_present_write_never_clobbers_a_newer_write(agent, proxy, loade
 # --------------------------------------------------------------------------- lock acquisition
 
 
-@pytest.mark.parametrize("where", ["acquire", "handover"])
+@pytest.mark.parametrize("where", ["session", "acquire", "reveal"])
 def test_lock_acquisition_with_consul_paused(agent, proxy, loaders, where):
     service = f"pg{where[0]}{uuid.uuid4().hex[:5]}"
     key = f"faults/locks/{service}"
@@ -474,9 +474,13 @@ def test_lock_acquisition_with_consul_paused(agent, proxy, loaders, where):
         wait_passing=5,
         checks=[{"name": "alive", "ttl": "120s", "status": "passing"}],
     )
-    # Pause as the lock is taken (guard session), or as it is handed to the
-    # check-tied session (the transaction).
-    marker = "?acquire=" if where == "acquire" else "/v1/txn"
+    # Pause as the check-tied session is created, as the lock is taken with
+    # it, or as the standby check that hides the instance is removed.
+    marker = {
+        "session": "/v1/session/create",
+        "acquire": "?acquire=",
+        "reveal": "/v1/agent/check/deregister/salt-consul-standby",
+    }[where]
     proxy.trigger = lambda n, method, path: agent.pause() if marker in path else None
     ret = _state(loaders, "single_holder_service", **spec)
     proxy.trigger = None
@@ -490,9 +494,10 @@ def test_lock_acquisition_with_consul_paused(agent, proxy, loaders, where):
     session, holder = _lock(agent, key)
     assert holder in (None, MINION)
     assert "cleanup failed" in ret["comment"] and "re-apply" in ret["comment"]
-    if where == "acquire":
-        # Paused before anything was registered: nothing is.
-        assert sid not in _services(agent)
+    # The instance may be left registered, but hidden (its standby check is
+    # critical) unless this minion holds the lock.
+    passing = [e["Service"]["ID"] for e in agent.api_json("GET", f"/v1/health/service/{service}?passing")]
+    assert passing == ([sid] if holder == MINION and where == "reveal" else []) or passing == [], passing
 
     # A re-run converges: the lock held by a session tied to the service's check.
     proxy.reset()

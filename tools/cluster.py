@@ -1,0 +1,292 @@
+"""
+A real Consul topology on loopback: three server agents and one client agent
+per named node, each agent on its own loopback address, LAN-joined.
+
+    with Cluster(nodes=["db01", "db02"]) as cluster:
+        cluster.client("db01").http_addr   # the node's own agent (consul:address)
+        cluster.kill("db01")               # kill -9 the node's agent
+        cluster.kill_leader()              # kill -9 the current Raft leader
+
+What a production deployment is, at test scale: services register with the
+node's client agent, anti-entropy syncs them to the servers, a node's death is
+seen by gossip (``serfHealth``), and the Raft leader can change under load.
+
+Each agent gets its own address in one random ``127.A.B.0/24`` (servers
+``.1``-``.3``, clients from ``.11``), so nodes are distinct to Consul and
+clusters of concurrent test runs never share an address; ports are free ports
+picked per address. Any address in 127/8 binds on Linux without configuring
+the loopback interface.
+
+Timings, tighter than Consul's defaults so failures show in seconds (tests
+only; each value is in ``FAST_GOSSIP`` / the agent config below):
+
+* Raft: ``raft_multiplier: 1`` (Consul's production recommendation; leader
+  lease 500 ms, election timeout 1 s).
+* Serf LAN gossip: probe every 200 ms with a 100 ms timeout, suspicion
+  multiplier 3: a killed node is marked ``failed`` (``serfHealth`` critical,
+  its sessions invalidated) within about 2 s instead of about 5-10 s.
+
+Every wait is bounded; agents are stopped by PID (their own process group).
+Nothing here talks to anything but loopback.
+"""
+
+import contextlib
+import json
+import os
+import random
+import signal
+import tempfile
+import time
+import urllib.error
+
+from localconsul import LocalConsul
+
+# Serf LAN settings for tests (consul agent config ``gossip_lan``).
+FAST_GOSSIP = {
+    "probe_interval": "200ms",
+    "probe_timeout": "100ms",
+    "suspicion_mult": 3,
+    "gossip_interval": "100ms",
+    "retransmit_mult": 2,
+}
+
+ALIVE = 1  # serf member status: 1 alive, 2 leaving, 3 left, 4 failed
+FAILED = 4
+
+
+def _base():
+    """A random 127.A.B.0/24 for one cluster (A in 100-199: away from 127.0.0.x)."""
+    return f"127.{random.randint(100, 199)}.{random.randint(0, 255)}"
+
+
+class Cluster:
+    """
+    ``servers`` Consul servers plus one client agent per name in ``nodes``.
+
+    acl
+        Enable ACLs (``default_policy: deny``) with a management token
+        (``master_token``). Agents start with it as their agent token; once
+        the cluster is up each agent gets a token of its own, limited to its
+        node (a Consul *node identity*: node write, service read), set
+        through ``/v1/agent/token/agent`` and kept for restarts
+        (``agent_tokens``: node name -> secret).
+    gossip
+        Serf LAN settings (default ``FAST_GOSSIP``; None for Consul's own).
+    """
+
+    def __init__(self, nodes=("node1", "node2"), servers=3, datacenter="dc1", acl=False, gossip=FAST_GOSSIP, log_dir=None):
+        self.datacenter = datacenter
+        self.base = _base()
+        self.workdir = tempfile.mkdtemp(prefix=f"consul-cluster-{datacenter}-")
+        self.log_dir = log_dir or self.workdir
+        self.acl = acl
+        self.master_token = ("root-" + os.urandom(8).hex()) if acl else None
+        self.agent_tokens = {}
+        extra = {"gossip_lan": dict(gossip)} if gossip else {}
+        self.servers = [
+            LocalConsul(
+                datacenter,
+                acl=acl,
+                master_token=self.master_token,
+                bind=f"{self.base}.{n + 1}",
+                node_name=f"{datacenter}-server{n + 1}",
+                persist=True,
+                extra_config=dict(extra),
+                log_dir=self.log_dir,
+                bootstrap_expect=servers,
+            )
+            for n in range(servers)
+        ]
+        joins = [server.serf_lan_addr for server in self.servers]
+        for server in self.servers:
+            server.retry_join = [addr for addr in joins if addr != server.serf_lan_addr]
+        self.clients = {
+            name: LocalConsul(
+                datacenter,
+                acl=acl,
+                master_token=self.master_token,
+                bind=f"{self.base}.{n + 11}",
+                node_name=name,
+                persist=True,
+                extra_config=dict(extra),
+                log_dir=self.log_dir,
+                server=False,
+                retry_join=joins,
+            )
+            for n, name in enumerate(nodes)
+        }
+
+    # ------------------------------------------------------------------ life cycle
+
+    @property
+    def agents(self):
+        """Every agent by node name (servers and clients)."""
+        found = {server.node_name: server for server in self.servers}
+        found.update(self.clients)
+        return found
+
+    def start(self, timeout=90):
+        """Start every agent, then wait (bounded) for a leader and every member alive."""
+        for agent in self.agents.values():
+            agent.start(wait=False)
+        deadline = time.monotonic() + timeout
+        for agent in self.agents.values():
+            agent.wait_ready(max(1.0, deadline - time.monotonic()))
+        self.wait_members(timeout=max(1.0, deadline - time.monotonic()))
+        if self.acl:
+            self._issue_agent_tokens()
+        return self
+
+    def _issue_agent_tokens(self):
+        """A token per agent, limited to its own node; the management token stays with the test."""
+        server = self.live_server()
+        for name, agent in self.agents.items():
+            token = server.api_json(
+                "PUT",
+                "/v1/acl/token",
+                {
+                    "Description": f"agent token of {name}",
+                    "NodeIdentities": [{"NodeName": name, "Datacenter": self.datacenter}],
+                },
+            )
+            secret = token["SecretID"]
+            agent.api_json("PUT", "/v1/agent/token/agent", {"Token": secret})
+            agent.acl_agent_token = secret  # the config of its next (re)start
+            self.agent_tokens[name] = secret
+
+    def stop(self):
+        """Stop every agent by its PID (clients first, then servers)."""
+        for agent in list(self.clients.values()) + self.servers:
+            with contextlib.suppress(Exception):
+                agent.stop()
+
+    def cleanup(self):
+        self.stop()
+        for agent in self.agents.values():
+            agent.cleanup()
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+    # ------------------------------------------------------------------ reading
+
+    def client(self, node):
+        return self.clients[node]
+
+    def live_server(self):
+        """A server agent that is running and not paused by us (for reads)."""
+        for server in self.servers:
+            if server.pid and not getattr(server, "_paused", False):
+                return server
+        raise RuntimeError("no live server")
+
+    def members(self):
+        """{node name: serf status} as a live server sees the LAN."""
+        return {m["Name"]: m["Status"] for m in self.live_server().api_json("GET", "/v1/agent/members")}
+
+    def leader(self):
+        """The server agent that is the current Raft leader, or None."""
+        for server in self.servers:
+            if not server.pid or getattr(server, "_paused", False):
+                continue
+            try:
+                addr = server.api_json("GET", "/v1/status/leader")
+            except (OSError, RuntimeError, urllib.error.URLError):
+                continue
+            if addr:
+                host = addr.rsplit(":", 1)[0]
+                return next((s for s in self.servers if s.bind == host), None)
+        return None
+
+    def wait_members(self, expect=None, timeout=30):
+        """
+        Until a leader exists and every member has the expected serf status
+        (default: all alive); bounded. Returns the members.
+        """
+        expect = expect or {name: ALIVE for name in self.agents}
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.members()
+                if self.leader() and all(last.get(name) == status for name, status in expect.items()):
+                    return last
+            except (OSError, RuntimeError, urllib.error.URLError, ValueError) as err:
+                last = err
+            time.sleep(0.1)
+        raise RuntimeError(f"cluster not as expected after {timeout}s: {last}")
+
+    def wait_leader(self, exclude=None, timeout=30):
+        """Until a leader other than ``exclude`` is elected (bounded); returns it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.leader()
+            if leader is not None and leader is not exclude:
+                return leader
+            time.sleep(0.1)
+        raise RuntimeError(f"no new leader after {timeout}s")
+
+    # ------------------------------------------------------------------ faults
+
+    def kill(self, name):
+        """kill -9 one agent (a server or a node's client): no leave is sent."""
+        self.agents[name].kill()
+
+    def pause(self, name):
+        """SIGSTOP one agent: it holds its sockets and answers nothing (a partition from its side)."""
+        agent = self.agents[name]
+        os.kill(agent.pid, signal.SIGSTOP)
+        agent._paused = True
+
+    def resume(self, name):
+        agent = self.agents[name]
+        os.kill(agent.pid, signal.SIGCONT)
+        agent._paused = False
+
+    def restart(self, name, timeout=60):
+        """Start a killed or stopped agent again with its data (same node ID); bounded."""
+        agent = self.agents[name]
+        if agent.pid:
+            agent.stop()
+        agent._paused = False
+        agent.start(timeout=timeout)
+        return agent
+
+    def kill_leader(self):
+        """kill -9 the current Raft leader; returns the killed server agent."""
+        leader = self.leader()
+        if leader is None:
+            raise RuntimeError("no leader to kill")
+        leader.kill()
+        return leader
+
+    def describe(self):
+        """JSON-able summary: each agent's address, PID and role (for logs and the demo)."""
+        return {
+            name: {"http": agent.http_addr, "pid": agent.pid, "server": agent.server}
+            for name, agent in self.agents.items()
+        }
+
+
+def main():
+    """``python tools/cluster.py db01 db02``: start a cluster, print it, stop on Ctrl-C."""
+    import sys
+
+    with Cluster(nodes=sys.argv[1:] or ["node1", "node2"]) as cluster:
+        print(json.dumps(cluster.describe(), indent=2), flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
