@@ -343,9 +343,13 @@ def _read_check(check_id, token):
     return view["checks"].get(check_id)
 
 
-def _service_checks(service_id, token):
-    """The agent's checks attached to ``service_id``, keyed by CheckID."""
-    view = _view(token)
+def _service_checks(service_id, token, fresh=False):
+    """
+    The agent's checks attached to ``service_id``, keyed by CheckID. The run's
+    snapshot serves their *definitions*; a check's status changes by itself,
+    so whoever decides on status passes ``fresh=True`` (a read of the agent now).
+    """
+    view = None if fresh else _view(token)
     if view is not None and f"service:{service_id}" not in view["dirty"]:
         checks = view["checks"]
     else:
@@ -883,7 +887,8 @@ def _standby_check(sid, key):
 
 def _critical(check_ids, token, service_id):
     """Which of ``check_ids`` the local agent shows as critical (or missing)."""
-    agent = _service_checks(service_id, token)
+    # Status now, never from the run's snapshot: it may have changed since.
+    agent = _service_checks(service_id, token, fresh=True)
     return [cid for cid in check_ids if (agent.get(cid) or {}).get("Status", "critical") == "critical"]
 
 
@@ -1045,6 +1050,7 @@ def single_holder_service(
                     ret["result"] = None
                     ret["comment"] += f"; would deregister this minion's stale instance {sid}"
                 else:
+                    _touched([sid])
                     __salt__["consul.service_deregister"](sid, token=token)
                     ret["comment"] += f"; deregistered this minion's stale instance {sid}"
             return ret
@@ -1061,6 +1067,7 @@ def single_holder_service(
                 ret["comment"] = f"Check(s) {', '.join(critical)} critical: would give up {key} and deregister {sid}"
                 return ret
             __salt__["consul.session_destroy"](holder["session"], token=token)
+            _touched([sid])
             __salt__["consul.service_deregister"](sid, token=token)
             return _fail(ret, f"Check(s) {', '.join(critical)} critical: gave up {key} and deregistered {sid}")
 
@@ -1080,6 +1087,7 @@ def single_holder_service(
             if changes:
                 _service_write(desired, stale, token)
             if hidden:
+                _touched([sid], [standby["id"]])
                 __salt__["consul.check_deregister"](standby["id"], token=token)
             ret["comment"] = f"This minion holds {key}; service {sid} updated"
             return ret
@@ -1113,6 +1121,7 @@ def single_holder_service(
             write = dict(desired, checks=desired["checks"] + [standby])
             _service_write(write, stale, token)
         elif not mine and standby["id"] not in _service_checks(sid, token):
+            _touched([sid], [standby["id"]])
             __salt__["consul.check_register"](
                 standby["name"],
                 id=standby["id"],
@@ -1165,6 +1174,7 @@ def single_holder_service(
             held_by = session
         # 4. Holding the lock: the instance becomes discoverable.
         if standby["id"] in _service_checks(sid, token):
+            _touched([sid], [standby["id"]])
             __salt__["consul.check_deregister"](standby["id"], token=token)
         ret["comment"] = f"Took the lock {key}; service {sid} registered on this minion"
         return ret
@@ -1187,6 +1197,7 @@ def _undo(ret, key, held_by, sessions, sid, token):
     def _deregister():
         # No read first: with Consul hanging, the write is what must be on
         # the wire before the release (deregistering is idempotent).
+        _touched([sid])
         __salt__["consul.service_deregister"](sid, token=token)
         if ret["result"] is False:
             ret["comment"] += f"; {sid} not left registered here"

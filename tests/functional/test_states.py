@@ -34,6 +34,7 @@ class StateCaller:
 
     def __init__(self, loaders):
         self.loaders = loaders
+        self._by_mode = {}
 
     def _states(self, test):
         if test not in self._by_mode:
