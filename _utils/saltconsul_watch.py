@@ -42,10 +42,12 @@ can wait on a stop event and the beacon can return immediately.
 import logging
 import time
 
+from salt.exceptions import SaltInvocationError
+
 import saltconsul_blocking
+import saltconsul_kv
 import saltconsul_layers
 import saltconsul_pillar
-from salt.exceptions import SaltInvocationError
 from saltconsul_errors import ConsulError, ConsulNotFound, ConsulPermissionDenied
 from saltconsul_layers import DEFAULT_LAYERS
 
@@ -62,10 +64,14 @@ key_env = saltconsul_layers.key_env
 
 
 def _norm_prefix(prefix):
+    """A watched KV prefix, checked by the one key/prefix rule (saltconsul_kv.check_key); ValueError if bad."""
     prefix = str(prefix or "").strip().lstrip("/")
-    if not prefix or ".." in prefix.split("/"):
-        raise ValueError(f"bad KV prefix {prefix!r}")
-    return prefix
+    if not prefix:
+        raise ValueError("bad KV prefix '': the whole KV is never watched")
+    try:
+        return saltconsul_kv.check_key(prefix, what="prefix")
+    except SaltInvocationError as err:
+        raise ValueError(f"bad KV prefix: {err}") from None
 
 
 def tag_for(kind, name, tag_prefix=TAG_PREFIX):
