@@ -137,8 +137,25 @@ class Cluster:
             self._issue_agent_tokens()
         return self
 
+    def wait_acl_ready(self, timeout=60):
+        """
+        Until the servers have left ACL legacy mode (bounded). A fresh Consul
+        1.8 cluster answers the new ACL API with 500 "The ACL system is
+        currently in legacy mode." for a while after electing a leader.
+        """
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            status, raw = self.live_server().api("GET", "/v1/acl/policies")
+            if status == 200:
+                return
+            last = (status, raw[:120])
+            time.sleep(0.25)
+        raise RuntimeError(f"ACLs not ready after {timeout}s: {last}")
+
     def _issue_agent_tokens(self):
         """A token per agent, limited to its own node; the management token stays with the test."""
+        self.wait_acl_ready()
         server = self.live_server()
         for name, agent in self.agents.items():
             token = server.api_json(

@@ -17,7 +17,7 @@ UNMASK = ["unmask=True"] if salt.version.__saltstack_version__.info >= (3008,) e
 
 KV = {
     f"{PREFIX}/salt/{MINION}/db/port": "5432",
-    f"{PREFIX}/salt/{MINION}/db/hosts": "- db1\n- db2",
+    f"{PREFIX}/salt/{MINION}/db/hosts": "- dbhost-alpha\n- dbhost-beta",
     f"{PREFIX}/salt/{MINION}/db/bad": "a: b: c",
     f"{PREFIX}/env/prod/tier": "prod-only",
     f"{PREFIX}/env/dev/tier": "dev",
@@ -68,13 +68,13 @@ def test_saltext_form_on_a_real_master(legacy_master, legacy_minion):
     assert "saltext-consul's configuration form" in log_text
     assert "layers: [" + PREFIX + "/salt/{minion_id}]" in log_text
     # the compile logged no value (the unmasked pillar.get below is logged by Salt itself)
-    assert "prod-only" not in log_text and "db1" not in log_text
+    assert "prod-only" not in log_text and "dbhost-alpha" not in log_text
     ret = cli.run("pillar.get", "legacy", *UNMASK, minion_tgt=MINION)
     assert ret.returncode == 0, ret
     assert ret.data == {
         # exact string (saltext-consul: 5432), YAML list expanded, the bad value
         # kept instead of failing the whole pillar
-        "db": {"port": "5432", "hosts": ["db1", "db2"], "bad": "a: b: c"},
+        "db": {"port": "5432", "hosts": ["dbhost-alpha", "dbhost-beta"], "bad": "a: b: c"},
         # %(environment)s from the minion ID, not the minion's grain
         "env": {"tier": "prod-only"},
     }
