@@ -226,7 +226,7 @@ def store(bank, key, data, expires=None, **kwargs):  # pylint: disable=unused-ar
     if expires:
         # Salt's own envelope: Cache.fetch unwraps it, clean_expired honours it.
         data = {"data": data, "_expires": int(time.time() + float(expires))}
-    name, path = _key(bank, key)
+    name, _ = _key(bank, key)
     client = _client()
     try:
         raw = _dumps(data)
@@ -235,11 +235,10 @@ def store(bank, key, data, expires=None, **kwargs):  # pylint: disable=unused-ar
         raise SaltCacheError(f"consul cache: cannot store {name}: {err}") from None
     _forget(bank)
     try:
-        ok = client.put(path, content=raw, params={"flags": int(time.time())})
+        # The store time rides in the key's Flags, so updated() costs no second request.
+        saltconsul_kv.put(client, name, raw, flags=int(time.time()))
     except ConsulError as err:
         raise _failed("write", name, err) from None
-    if ok is not True:
-        raise SaltCacheError(f"consul cache: Consul did not store {name}")
 
 
 def fetch(bank, key, **kwargs):  # pylint: disable=unused-argument

@@ -32,7 +32,6 @@ when Salt reads its config: install with pip, or ``saltutil.sync_sdb`` (minion)
 
 import logging
 
-import salt.utils.json
 import saltconsul_client
 import saltconsul_config
 import saltconsul_kv
@@ -141,9 +140,9 @@ def set_(key, value, profile=None):
         salt-call sdb.set sdb://myconsul/db/pass 's3cret'
     """
     prefix, as_json, overrides = _profile(profile or {})
-    full, path = _path(prefix, key)
+    full, _ = _path(prefix, key)
     if as_json:
-        data = salt.utils.json.dumps(value, sort_keys=True).encode("utf-8")
+        data = saltconsul_kv.serialise(value, "json").encode("utf-8")
     elif isinstance(value, (dict, list, tuple)):
         raise SaltInvocationError(
             f"sdb consul: {full!r}: a {type(value).__name__} needs a profile with json: true"
@@ -153,12 +152,9 @@ def set_(key, value, profile=None):
     client = _client(overrides)
     saltconsul_kv.check_size(data, client.max_value_size, full)
     try:
-        ok = client.put(path, content=data)
+        return saltconsul_kv.put(client, full, data)
     except ConsulError as err:
         raise _failed("write", full, err) from None
-    if ok is not True:
-        raise CommandExecutionError(f"sdb consul: Consul did not store {full!r}")
-    return True
 
 
 def delete(key, profile=None):
@@ -177,9 +173,9 @@ def delete(key, profile=None):
         salt-call sdb.delete sdb://myconsul/db/pass
     """
     prefix, _, overrides = _profile(profile or {})
-    full, path = _path(prefix, key)
+    full, _ = _path(prefix, key)
     try:
-        _client(overrides).delete(path)
+        saltconsul_kv.delete(_client(overrides), full)
     except ConsulError as err:
         raise _failed("delete", full, err) from None
     return True
