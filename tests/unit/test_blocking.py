@@ -330,9 +330,12 @@ class PillarConsul:
         self.answers = list(answers)
         self.calls = []
         self.stats = {"requests": 0}
+        self.gate = None  # a threading.Event a request waits for, if set
 
     def request(self, method, path, params=None, index=None, wait=None, not_found_ok=False):
         self.calls.append((index, wait))
+        if self.gate is not None:
+            assert self.gate.wait(10)
         self.stats["requests"] += 1
         answer = self.answers.pop(0) if self.answers else ConsulUnreachable("script ended")
         if isinstance(answer, Exception):
@@ -374,18 +377,21 @@ def test_pillar_watch_failure_disarms_and_backs_off_restarts():
     assert watcher.index is None and watcher._thread is None  # pylint: disable=protected-access
     # the next compile's plain request re-arms, but not while backing off
     pause = watcher.loop.pause()
-    assert 0.75 <= pause <= 1.0
+    assert 0.75 - 1e-9 <= pause <= 1.0 + 1e-9
     watcher.arm(42)
     assert watcher.index is None and watcher._thread is None  # pylint: disable=protected-access
     clock.now += pause
     client.answers = [ConsulPermissionDenied("GET /v1/kv/config/: permission denied")]
+    client.gate = threading.Event()  # hold the thread's query until checked
     watcher.arm(42)
     thread = watcher._thread  # pylint: disable=protected-access
-    assert watcher.index == 42 and thread is not None
+    assert watcher.index == 42 and thread is not None and thread.daemon
+    client.gate.set()
     thread.join(10)
     assert not thread.is_alive()
     assert client.calls[-1] == (42, 60)  # the thread blocked on the compile's index
-    assert watcher.index is None and watcher.loop.pause() == saltconsul_pillarcache.BACKOFF_MAX
+    assert watcher.index is None and watcher._thread is None  # pylint: disable=protected-access
+    assert watcher.loop.pause() == pytest.approx(saltconsul_pillarcache.BACKOFF_MAX)
 
 
 def test_pillar_watch_index_backwards_or_empty_prefix_disarms():
