@@ -178,7 +178,8 @@ class Watcher:
     def arm(self, index, background=True):
         """Publish ``index`` from a compile's plain request; start the watch thread if it may run."""
         with self._lock:
-            if not (background and index) or self._thread is not None:
+            running = self._thread is not None and self._thread.is_alive()
+            if not (background and index) or running:
                 # No watch (revalidate: always, empty prefix), or the running
                 # thread keeps the index current from here.
                 self.index = index
