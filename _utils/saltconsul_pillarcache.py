@@ -22,8 +22,9 @@ was fetched, and is valid while the current watch index is the same.
     A daemon thread per master process holds a blocking query on that index
     (``wait`` = ``watch_wait``) and updates it as soon as Consul answers with a
     new one, so a compile with everything cached makes **no request at all**.
-    While the thread is not armed (first compile, after an error) the compile
-    makes one cheap index request itself.
+    While the thread is not armed (first compile; after an error, until its
+    backoff has passed) the compile makes one cheap index request itself
+    (``Watcher`` says why the thread never retries on its own).
 ``revalidate: always``
     Every compile makes that one cheap index request (no thread).
 
@@ -93,32 +94,73 @@ class Layer:
         return _loads(self.blob)
 
 
-# The least time between two index queries of one watch.
+# The index watch's blocking-query loop: least time between two queries, and
+# the pause after failures before a compile may restart the watch.
 MIN_INTERVAL = 0.5
+BACKOFF = 1.0
+BACKOFF_MAX = 30.0
 
 
 class Watcher:
     """
-    Holds the current watch index: armed by a first (non-blocking) request, then
-    kept current by a daemon thread doing blocking queries. Any error disarms
-    it; the next compile re-arms it with a plain request.
+    The current watch index for compiles: ``index`` is None while the watch
+    is not armed (a compile then asks Consul itself), 0 for an empty prefix
+    (never watched: asked every time), else Consul's index, kept current.
+
+    A compile arms it with the index of its own plain request (:meth:`arm`);
+    a daemon thread then runs the blocking-query loop
+    (``saltconsul_blocking.BlockingQuery``: index, pacing, backoff) on it and
+    publishes each new index the moment Consul answers. While nothing
+    changes the thread holds one blocking query per ``wait`` seconds and
+    compiles make **no** request: zero non-blocking requests when idle.
+
+    A failure, an index gone backwards or a prefix that became empty
+    *disarms* the watch and ends the thread; the next compile asks with a
+    plain request and re-arms. The thread deliberately does not back off and
+    retry by itself:
+
+    * a compile must find out about an outage by its own request: that is
+      what marks its pillar stale and serves the last good copy, where an
+      index kept through the outage would have it trust the cache;
+    * a compile's plain request after a break starts a new cache epoch in
+      the :class:`Store` (a rebuilt Consul can reach the same index with
+      other data); a thread re-arming itself would skip that;
+    * a master that compiles nothing sends Consul nothing during an outage.
+
+    The loop's backoff still bounds restarts: after a failure, :meth:`arm`
+    does not start a new thread before the backoff has passed (doubling from
+    ``BACKOFF`` to ``BACKOFF_MAX``; a permission error waits the cap at
+    once). Until then compiles make their one plain index request each, as
+    with ``revalidate: always``, so a watch that keeps failing (a proxy that
+    cuts long requests) costs one thread start per backoff, not per compile.
     """
 
-    def __init__(self, client, prefix, wait):
+    def __init__(self, client, prefix, wait, clock=time.monotonic):
         self.client = client
         self.path = "/v1/kv/" + (prefix + "/" if prefix else "")
         self.wait = wait
         self.index = None
+        self.loop = saltconsul_blocking.BlockingQuery(
+            f"consul pillar: index watch on {self.path}",
+            min_interval=MIN_INTERVAL,
+            backoff=BACKOFF,
+            backoff_max=BACKOFF_MAX,
+            clock=clock,
+        )
         self._lock = threading.Lock()
         self._thread = None
 
-    def query(self, index=None):
+    def query(self, index=None, wait=None):
+        """
+        The watch index: a plain read, or with ``index`` a blocking query
+        (``wait``, default the watch's). 0 if the prefix is empty.
+        """
         resp = self.client.request(
             "GET",
             self.path,
             params={"keys": True, "separator": "/"},
             index=index,
-            wait=self.wait if index is not None else None,
+            wait=(self.wait if wait is None else wait) if index is not None else None,
             not_found_ok=True,
         )
         if resp is None:
@@ -129,38 +171,58 @@ class Watcher:
             raise ConsulError(f"GET {self.path}: no X-Consul-Index in Consul's answer")
         return resp.index
 
-    def arm(self, index, background=True):
-        with self._lock:
-            self.index = index
-            if background and index and (self._thread is None or not self._thread.is_alive()):
-                self._thread = threading.Thread(
-                    target=self._run, name="consul-pillar-watch", daemon=True
-                )
-                self._thread.start()
+    def _fetch(self, index=None, wait=None):
+        # An empty prefix (0) leaves the loop no index to block on.
+        return self.query(index, wait) or None, None
 
-    def _run(self):
-        # Bounded in time by each blocking query's wait; ends on the first error
-        # (the next compile re-arms with a plain request, so nothing spins).
-        while True:
-            index = self.index
-            if not index:
+    def arm(self, index, background=True):
+        """Publish ``index`` from a compile's plain request; start the watch thread if it may run."""
+        with self._lock:
+            running = self._thread is not None and self._thread.is_alive()
+            if not (background and index) or running:
+                # No watch (revalidate: always, empty prefix), or the running
+                # thread keeps the index current from here.
+                self.index = index
                 return
-            started = time.monotonic()
-            try:
-                new = self.query(index)
-            except Exception as err:  # pylint: disable=broad-except
-                log.info("consul pillar: index watch on %s stopped: %s", self.path, err)
+            if self.loop.pause() > 0:
+                # Backing off after a failed watch (or within min_interval of
+                # its last query): compiles keep asking until then.
                 self.index = None
                 return
-            if new:  # 0: the prefix is empty (404); the watch ends and the next compile re-arms
-                new, reset = saltconsul_blocking.next_index(index, new)
-                if reset:
-                    log.info("consul pillar: index on %s went back (%s -> %s)", self.path, index, new)
-            if new != index:
-                self.index = new
-            else:
-                # Same index at once (Consul may answer early): never spin.
-                time.sleep(max(0.0, saltconsul_blocking.not_before(started, MIN_INTERVAL) - time.monotonic()))
+            self.index = index
+            self.loop.seed(index)
+            self._thread = threading.Thread(
+                target=self.loop.run, args=(self._step,), name="consul-pillar-watch", daemon=True
+            )
+            self._thread.start()
+
+    def _step(self, _limit):
+        """One blocking query of the watch thread; False ends the thread (disarmed)."""
+        with self._lock:
+            if self.index is None:  # disarmed meanwhile (reset())
+                self._thread = None
+                return False
+        resets = self.loop.stats["resets"]
+        try:
+            self.loop.query(self._fetch, wait=self.wait)
+            why = None
+        except ConsulError as err:  # recorded (and logged) by the loop
+            why = f"failed: {err}"
+        except Exception as err:  # pylint: disable=broad-except
+            why = f"failed: {type(err).__name__}"
+            log.warning("consul pillar: index watch on %s %s", self.path, why)
+        if why is None and self.loop.stats["resets"] != resets:
+            why = "index went back: a new cache epoch starts with the next compile"
+        with self._lock:
+            if why is None and self.loop.index is not None:
+                self.index = self.loop.index
+                return True
+            # Disarmed: the next compile asks with a plain request (0: the
+            # prefix is empty, which is never watched).
+            self.index = 0 if why is None else None
+            self._thread = None
+        log.info("consul pillar: index watch on %s ended (%s); the next compile re-arms it", self.path, why or "empty prefix")
+        return False
 
 
 def _sha(*parts):

@@ -35,6 +35,10 @@ What a watch guarantees:
   agent) resets the index instead of blocking on an index it will never reach.
   A lower index on any answer also resets.
 
+Index, reset, pacing, backoff and stop are the blocking-query loop of
+``saltconsul_blocking`` (shared with the pillar cache's index watch); this
+module adds what a watch reports and when (snapshots, diffs, bursts).
+
 The ``step``/``pause`` split keeps sleeping out of this module, so the engine
 can wait on a stop event and the beacon can return immediately.
 """
@@ -48,7 +52,7 @@ import saltconsul_blocking
 import saltconsul_kv
 import saltconsul_layers
 import saltconsul_pillar
-from saltconsul_errors import ConsulError, ConsulNotFound, ConsulPermissionDenied
+from saltconsul_errors import ConsulError, ConsulNotFound
 from saltconsul_layers import DEFAULT_LAYERS
 
 log = logging.getLogger(__name__)
@@ -244,7 +248,8 @@ class ServiceWatch:
 
 class Watcher:
     """
-    The blocking-query state machine for one watch.
+    One watch's bursts on top of the blocking-query loop
+    (``saltconsul_blocking.BlockingQuery``: index, reset, pacing, backoff).
 
     client
         A ``saltconsul_client.ConsulClient`` (one per thread for the engine).
@@ -284,27 +289,40 @@ class Watcher:
     ):
         if min_wait < 0 or max_wait < min_wait:
             raise ValueError("need 0 <= min_wait <= max_wait")
-        if min_interval <= 0 or backoff <= 0 or backoff_max < backoff:
-            raise ValueError("min_interval and backoff must be positive, backoff_max >= backoff")
         self.client = client
         self.watch = watch
+        self.loop = saltconsul_blocking.BlockingQuery(
+            f"consul watch {watch.name}",
+            min_interval=min_interval,
+            poll_interval=poll_interval,
+            backoff=backoff,
+            backoff_max=backoff_max,
+            clock=clock,
+        )
         self.wait = float(wait)
         self.min_wait = float(min_wait)
         self.max_wait = float(max_wait)
-        self.min_interval = float(min_interval)
-        self.poll_interval = max(float(poll_interval), self.min_interval)
-        self.backoff_base = float(backoff)
-        self.backoff_max = float(backoff_max)
         self.clock = clock
-        self.index = None
         self.reported = {} if initial == "report" else None  # snapshot last reported
         self.current = None  # snapshot last read
         self.first_change = None  # when the pending burst began
         self.last_change = None
-        self.failures = 0
-        self.resync = True  # next query is a plain re-read
-        self.not_before = 0.0  # no query before this clock time
-        self.stats = {"queries": 0, "errors": 0, "events": 0, "resets": 0}
+        # The loop's counters (queries, errors, resets) plus the events reported.
+        self.stats = self.loop.stats
+        self.stats["events"] = 0
+
+    # The loop's state, under the names callers and tests have always read.
+    index = property(lambda self: self.loop.index)
+    resync = property(lambda self: self.loop.resync)
+    failures = property(lambda self: self.loop.failures)
+
+    @property
+    def not_before(self):
+        return self.loop.not_before
+
+    @not_before.setter
+    def not_before(self, value):
+        self.loop.not_before = value
 
     @property
     def pending(self):
@@ -312,7 +330,7 @@ class Watcher:
 
     def pause(self):
         """Seconds to wait before the next :meth:`step` (0 if it may run now)."""
-        return max(0.0, self.not_before - self.clock())
+        return self.loop.pause()
 
     def _block_for(self, now, limit):
         """How long the next blocking query may wait: idle, or until the burst must be reported."""
@@ -339,6 +357,9 @@ class Watcher:
         self.stats["events"] += 1
         return [(self.watch.tag, change)]
 
+    def _fetch(self, index=None, wait=None):
+        return self.watch.fetch(self.client, index=index, wait=wait)
+
     def step(self, max_block=None):
         """
         Run at most one query (blocking up to ``max_block`` seconds, or the
@@ -346,29 +367,15 @@ class Watcher:
         Never sleeps by itself: call :meth:`pause` for how long to wait next.
         """
         now = self.clock()
-        if now < self.not_before:
+        if now < self.loop.not_before:
             return []
         if self._due(now):
             return self._report()
-        started = now
-        wait = self._block_for(now, max_block)
-        blocking = not self.resync and self.index is not None and wait > 0
         try:
-            self.stats["queries"] += 1
-            index, snapshot = self.watch.fetch(
-                self.client, index=self.index if blocking else None, wait=wait if blocking else None
-            )
-        except ConsulError as err:
-            self._failed(err)
-            return []
+            snapshot = self.loop.query(self._fetch, wait=self._block_for(now, max_block))
+        except ConsulError:
+            return []  # recorded by the loop: backoff, then a plain re-read
         now = self.clock()
-        self.failures = 0
-        index, reset = saltconsul_blocking.next_index(self.index, index)
-        if reset:
-            log.info("consul watch %s: index went back (%s -> %s), re-read", self.watch.name, self.index, index)
-            self.stats["resets"] += 1
-        self.index = index
-        self.resync = False
         if self.reported is None:
             # First successful read: the baseline, nothing to report.
             self.reported = self.current = snapshot
@@ -377,55 +384,23 @@ class Watcher:
             if self.first_change is None:
                 self.first_change = now
             self.last_change = now
-        # The minimum gap between queries, whatever Consul did (an immediate
-        # answer with the same index must not turn into a tight loop).
-        self.not_before = saltconsul_blocking.not_before(started, self.min_interval)
-        if index is None:
-            # No index to block on (empty prefix): a plain poll every poll_interval.
-            self.not_before = now + self.poll_interval
         if self._due(now):
             return self._report()
         return []
-
-    def _failed(self, err):
-        self.failures += 1
-        self.stats["errors"] += 1
-        self.resync = True
-        delay = saltconsul_blocking.backoff(
-            self.failures, self.backoff_base, self.backoff_max, permanent=isinstance(err, ConsulPermissionDenied)
-        )
-        self.not_before = self.clock() + delay
-        # The message names method, path and cause; never a token or value.
-        level = logging.WARNING if self.failures in (1, 5) or self.failures % 20 == 0 else logging.DEBUG
-        log.log(level, "consul watch %s: %s (failure %d, retry in %.1fs)", self.watch.name, err, self.failures, delay)
 
     def run(self, emit, stop=None, deadline=None, max_steps=None):
         """
         Drive :meth:`step` until ``stop`` (a ``threading.Event``) is set, the
         ``deadline`` (clock time) passes or ``max_steps`` steps ran; call
         ``emit(tag, payload)`` for each event. Waits happen on ``stop`` so a
-        stop request is honoured at once.
+        stop request is honoured at once (``BlockingQuery.run``).
         """
-        steps = 0
-        while True:
-            if stop is not None and stop.is_set():
-                return
-            if deadline is not None and self.clock() >= deadline:
-                return
-            if max_steps is not None and steps >= max_steps:
-                return
-            steps += 1
-            limit = None if deadline is None else max(deadline - self.clock(), 0.0)
+
+        def one(limit):
             for tag, payload in self.step(max_block=limit):
                 emit(tag, payload)
-            pause = self.pause()
-            if deadline is not None:
-                pause = min(pause, max(deadline - self.clock(), 0.0))
-            if pause > 0:
-                if stop is not None:
-                    stop.wait(pause)
-                else:
-                    time.sleep(pause)
+
+        self.loop.run(one, stop=stop, deadline=deadline, max_steps=max_steps)
 
 
 def build_watches(config, tag_prefix=TAG_PREFIX, layers=None, types=None, known=None):
