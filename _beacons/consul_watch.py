@@ -21,7 +21,10 @@ events that became due since the last one.
 What a quiet minion costs Consul: one blocking query per watch per ``wait``
 seconds, and no other request (the first beacon run makes one plain read per
 watch, the baseline; after a failure the watcher re-reads once, then blocks
-again). ``query_wait`` (per-run reads blocking at most that long) is no longer
+again). Except for an *empty* KV prefix: Consul answers 404 and the shared
+client does not pass that answer's index on, so there is nothing to block on
+and the watch reads it every ``poll_interval`` (default: the beacon
+``interval``, at least 2 s) until a key appears. ``query_wait`` (per-run reads blocking at most that long) is no longer
 used: a plain read every interval was a request per watch per interval on
 every minion, changed or not. It is still accepted, and ignored.
 
@@ -56,6 +59,8 @@ _CONTEXT_KEY = "consul_watch.watchers"
 _TIMING = ("wait", "min_wait", "max_wait", "min_interval", "poll_interval", "backoff", "backoff_max")
 # Pause before restarting a watch thread that died on an unexpected error.
 _CRASH_PAUSE = 10.0
+# Least default poll interval of an empty KV prefix (the Watcher's own default).
+_MIN_POLL = 2.0
 # Events kept per watch between two beacon runs (the oldest are dropped beyond).
 _MAX_QUEUED = 100
 
@@ -179,6 +184,10 @@ def _watchers(conf):
         _stop_threads()
         types = saltconsul_env.env_config(__opts__).get("types")  # noqa: F821
         options = {k: float(conf[k]) for k in _TIMING if conf.get(k) is not None}
+        # An empty KV prefix (Consul answers 404, and the shared client drops
+        # that answer's index) cannot be blocked on; it is polled. Not more
+        # often than the beacon runs unless asked: as often as before threads.
+        options.setdefault("poll_interval", max(float(conf.get("interval") or 0), _MIN_POLL))
         layers = saltconsul_watch.configured_layers(__opts__)  # noqa: F821
         watches = saltconsul_watch.build_watches(conf, tag_prefix="", layers=layers, types=types)
         backgrounds = []

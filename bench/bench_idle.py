@@ -24,6 +24,12 @@ Consul receives is counted, blocking queries (``index=``) apart:
   cause of any non-blocking request is visible;
 * ``idle_config``: the settings used.
 
+Every beacon's group folder holds a key (the documented layout: the group's
+overrides); ``BENCH_IDLE_EMPTY_GROUP=1`` leaves ``prod.gg``'s empty, which
+four of the five beacons watch: an empty prefix cannot be blocked on (Consul
+answers 404 and the shared client drops that answer's index), so each of
+those watches reads it once per beacon interval.
+
 ``BENCH_IDLE_WINDOW=30 python bench/run.py idle`` shortens the window for a
 quick local run (the figure is per minute either way, but short windows
 miss slow periodic requests such as the 60 s pillar index watch).
@@ -45,6 +51,7 @@ for extra in (os.path.join(REPO, "tools"), os.path.join(REPO, "_utils")):
 import countingproxy  # noqa: E402
 import demo  # noqa: E402
 import standin_failover as rig  # noqa: E402
+from saltconsul_env import parse  # noqa: E402
 
 # The quiet window (seconds); BENCH_IDLE_WINDOW overrides it.
 WINDOW = 120.0
@@ -65,6 +72,7 @@ SEED = {
     f"{ROOT}/global/app/db/pool_size": "10",
     f"{ROOT}/type/prod/app/db/pool_size": "50",
     f"{ROOT}/group/dev.gg/app/db/pool_size": "5",
+    f"{ROOT}/group/prod.gg/app/db/timeout": "30",
     f"{ROOT}/role/web/app/port": "8080",
     f"{ROOT}/node/{demo.CLIENT}/app/weight": "3",
 }
@@ -72,12 +80,19 @@ MINIONS = demo.MINIONS
 # The documented settings (docs/watch.md, formulas/reactor/README.md, docs/pillar.md).
 ENGINE = {"kv": [f"{ROOT}/"], "services": ["db"], "min_wait": 2, "max_wait": 30}
 BEACON_INTERVAL = 10
-BEACON = {"min_wait": 5, "query_wait": 0}
+BEACON = {"min_wait": 5, "wait": 300}
 PILLAR = {"layers": LAYERS}
 
 
 def _window():
     return float(os.environ.get("BENCH_IDLE_WINDOW") or WINDOW)
+
+
+def _seed():
+    """The KV seed; ``BENCH_IDLE_EMPTY_GROUP=1`` leaves prod.gg's group folder (4 beacons watch it) empty."""
+    if os.environ.get("BENCH_IDLE_EMPTY_GROUP", "") in ("", "0"):
+        return dict(SEED)
+    return {k: v for k, v in SEED.items() if not k.startswith(f"{ROOT}/group/prod.gg/")}
 
 
 def _master_opts(root, proxy):
@@ -98,8 +113,6 @@ def _master_opts(root, proxy):
 
 
 def _minion_extra(proxy):
-    from saltconsul_env import parse
-
     extra = {}
     for mid in MINIONS:
         env = parse(mid, {})
@@ -110,6 +123,11 @@ def _minion_extra(proxy):
         ] + [{k: v} for k, v in BEACON.items()]
         extra[mid] = {"consul": {"address": proxy.http_addr, "retries": 0}, "beacons": {"consul_watch": beacon}}
     return extra
+
+
+def _empty_groups(seed):
+    groups = {f"{parse(mid, {})['type']}.{parse(mid, {})['group']}" for mid in MINIONS}
+    return {g for g in groups if not any(k.startswith(f"{ROOT}/group/{g}/") for k in seed)}
 
 
 def _top(counts, kind, limit=8):
@@ -123,7 +141,8 @@ def run(agent):
     proxy = countingproxy.CountingProxy(agent.http_addr)
     fleet = None
     try:
-        for key, value in SEED.items():
+        seed = _seed()
+        for key, value in seed.items():
             agent.api("PUT", f"/v1/kv/{key}", value.encode())
         agent.api("PUT", "/v1/agent/service/register", b'{"ID": "db-idle", "Name": "db", "Port": 5432}')
         fleet = demo.Fleet(
@@ -167,8 +186,9 @@ def run(agent):
         ("idle_blocking_paths", _top(counts, "blocking")),
         (
             "idle_config",
-            f"minions={len(MINIONS)} window={window:g}s engine(kv={ENGINE['kv']} services={ENGINE['services']} "
+            f"minions={len(MINIONS)} window={window:g}s keys={len(seed)} "
+            f"empty_group_prefixes={sorted(_empty_groups(seed))} engine(kv={ENGINE['kv']} services={ENGINE['services']} "
             f"wait=300) pillar(revalidate=watch watch_wait=60) beacon(interval={BEACON_INTERVAL} "
-            f"query_wait={BEACON['query_wait']} min_wait={BEACON['min_wait']})",
+            f"wait={BEACON['wait']} min_wait={BEACON['min_wait']})",
         ),
     ]

@@ -328,13 +328,23 @@ def test_beacon_idle_makes_no_plain_requests(consul_agent, minion_opts, kv_prefi
             consul={"address": proxy.http_addr, "retries": 0},
             extension_modules=str(saltconsul_watch.__file__).rsplit("/_utils/", 1)[0],
         )
-        beacons = salt.loader.beacons(opts, {}, context={})
-        config = [{"kv": [f"{kv_prefix}/idle/"]}, {"services": ["consul"]}, {"min_wait": 0}, {"wait": 30}]
+        context = {}
+        beacons = salt.loader.beacons(opts, {}, context=context)
+        config = [
+            {"interval": 7},
+            {"kv": [f"{kv_prefix}/idle/"]},
+            {"services": ["consul"]},
+            {"min_wait": 0},
+            {"wait": 30},
+        ]
         assert beacons["consul_watch.validate"](config)[0] is True
-        assert beacons["consul_watch.validate"](config[:2] + [{"wait": 0}])[0] is False
+        assert beacons["consul_watch.validate"](config[:3] + [{"wait": 0}])[0] is False
         try:
             assert beacons["consul_watch.beacon"](config) == []  # baseline: one plain read per watch
             assert proxy.total("nonblocking") == 2, proxy.counts()
+            # An empty prefix (nothing to block on) would be read once per beacon interval, not more.
+            (watchers,) = context["consul_watch.watchers"].values()
+            assert [b.watcher.poll_interval for b in watchers] == [7.0, 7.0]
             # Both watch threads hold a blocking query.
             assert _wait_until(lambda: proxy.total("blocking") >= 2), proxy.counts()
             for _ in range(30):  # bounded: many beacon intervals with nothing changing
