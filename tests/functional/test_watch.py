@@ -12,6 +12,7 @@ import pytest
 
 import saltconsul_client
 import saltconsul_watch
+from conftest import wait_for
 
 
 @pytest.fixture
@@ -300,16 +301,6 @@ def test_beacon_through_salt_loader(consul_agent, minion_opts, kv_prefix):
         beacons["consul_watch.close"](config)
 
 
-def _wait_until(predicate, limit=20.0, step=0.1):
-    """Poll ``predicate`` (bounded); return its last value."""
-    deadline = time.monotonic() + limit
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(step)
-        value = predicate()
-    return value
-
-
 def test_beacon_idle_makes_no_plain_requests(consul_agent, minion_opts, kv_prefix):
     """
     A quiet beacon costs Consul only blocking queries: after the baseline (one
@@ -342,11 +333,11 @@ def test_beacon_idle_makes_no_plain_requests(consul_agent, minion_opts, kv_prefi
         try:
             assert beacons["consul_watch.beacon"](config) == []  # baseline: one plain read per watch
             assert proxy.total("nonblocking") == 2, proxy.counts()
-            # An empty prefix (nothing to block on) would be read once per beacon interval, not more.
+            # An empty prefix (nothing to block on) would be read every 10 s, not every 2 s.
             (watchers,) = context["consul_watch.watchers"].values()
-            assert [b.watcher.poll_interval for b in watchers] == [7.0, 7.0]
+            assert [b.watcher.poll_interval for b in watchers] == [10.0, 10.0]
             # Both watch threads hold a blocking query.
-            assert _wait_until(lambda: proxy.total("blocking") >= 2), proxy.counts()
+            assert wait_for(lambda: proxy.total("blocking") >= 2), proxy.counts()
             for _ in range(30):  # bounded: many beacon intervals with nothing changing
                 assert beacons["consul_watch.beacon"](config) == []
                 time.sleep(0.05)
@@ -357,7 +348,7 @@ def test_beacon_idle_makes_no_plain_requests(consul_agent, minion_opts, kv_prefi
             }
 
             _put(consul_agent, f"{kv_prefix}/idle/two", "secret-two")
-            events = _wait_until(lambda: beacons["consul_watch.beacon"](config))
+            events = wait_for(lambda: beacons["consul_watch.beacon"](config))
             assert [(e["tag"], e["added"]) for e in events] == [(f"kv/{kv_prefix}/idle", [f"{kv_prefix}/idle/two"])]
             assert "secret-two" not in json.dumps(events)
             assert proxy.total("nonblocking") == 2, proxy.counts()
