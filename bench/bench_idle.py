@@ -18,7 +18,10 @@ Consul receives is counted, blocking queries (``index=``) apart:
 * ``idle_consul_requests_per_minion_minute``: non-blocking requests / 5 minions
   / minutes (goal: 0);
 * ``idle_consul_blocking_requests_per_minion_minute``: the same for blocking
-  queries (the watches' idle cost);
+  queries (the watches' idle cost). A query counts when it arrives, so a
+  watch whose ``wait`` is longer than the window (engine and beacons: 300 s)
+  may not show in it; the pillar cache's index watch (``watch_wait`` 60 s, one
+  per master process that compiled pillar) does;
 * ``idle_nonblocking_paths`` / ``idle_blocking_paths``: the requests by
   method and path (query parameter names only), most frequent first, so the
   cause of any non-blocking request is visible;
