@@ -25,9 +25,10 @@ watch, the baseline; after a failure the watcher re-reads once, then blocks
 again). Except for an *empty* KV prefix: Consul answers 404 and the shared
 client does not pass that answer's index on, so there is nothing to block on
 and the watch reads it every ``poll_interval`` seconds (default 10, the
-documented interval) until a key appears. ``query_wait`` (per-run reads blocking at most that long) is no longer
-used: a plain read every interval was a request per watch per interval on
-every minion, changed or not. It is still accepted, and ignored.
+documented interval) until a key appears. ``query_wait`` (per-run reads
+blocking at most that long) is no longer used: a plain read every interval was
+a request per watch per interval on every minion, changed or not. It is still
+accepted, and ignored.
 
 Events arrive on the master as ``salt/beacon/<minion_id>/consul_watch/kv/<prefix>``
 and ``salt/beacon/<minion_id>/consul_watch/service/<name>`` with the same
