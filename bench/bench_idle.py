@@ -40,6 +40,7 @@ miss slow periodic requests such as the 60 s pillar index watch).
 
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -179,6 +180,7 @@ def run(agent):
         proxy.close()
         agent.api("PUT", "/v1/agent/service/deregister/db-idle")
         agent.api("DELETE", f"/v1/kv/{ROOT}/?recurse")
+        shutil.rmtree(root, ignore_errors=True)
     nonblocking = sum(n for (kind, _), n in counts.items() if kind == "nonblocking")
     blocking = sum(n for (kind, _), n in counts.items() if kind == "blocking")
     per = len(MINIONS) * minutes
