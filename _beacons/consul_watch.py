@@ -1,22 +1,34 @@
 """
 Beacon ``consul_watch``: minion-side watch of Consul KV prefixes and service
-health, one short query per watch per beacon interval (it never blocks the
-minion for long; use the ``consul_watch`` engine on the master for real
-blocking queries).
+health with real blocking queries, held in a background thread per watch so
+the minion's main loop never waits on Consul; each beacon run hands Salt the
+events that became due since the last one.
 
 .. code-block:: yaml
 
     # minion config (or pillar)
     beacons:
       consul_watch:
-        - interval: 10          # seconds between beacon runs
+        - interval: 10          # seconds between beacon runs (how often due events are sent)
         - kv:
             - config/group/prod.gg/
         - services:
             - db
-        - min_wait: 5           # quiet period, measured across beacon runs
+        - min_wait: 5           # quiet period after a change
         - max_wait: 60
-        - query_wait: 0         # seconds one query may block (0: a plain read)
+        - wait: 300             # longest blocking query while idle
+        - poll_interval: 10     # reads of a KV prefix while it is empty
+
+What a quiet minion costs Consul: one blocking query per watch per ``wait``
+seconds, and no other request (the first beacon run makes one plain read per
+watch, the baseline; after a failure the watcher re-reads once, then blocks
+again). Except for an *empty* KV prefix: Consul answers 404 and the shared
+client does not pass that answer's index on, so there is nothing to block on
+and the watch reads it every ``poll_interval`` seconds (default 10, the
+documented interval) until a key appears. ``query_wait`` (per-run reads
+blocking at most that long) is no longer used: a plain read every interval was
+a request per watch per interval on every minion, changed or not. It is still
+accepted, and ignored.
 
 Events arrive on the master as ``salt/beacon/<minion_id>/consul_watch/kv/<prefix>``
 and ``salt/beacon/<minion_id>/consul_watch/service/<name>`` with the same
@@ -26,11 +38,19 @@ Salt's beacons loader (3006 to 3008) does not put the utils dirs on ``sys.path``
 way the engines, runners and execution-module loaders do, so this beacon adds
 ``<extension_modules>/utils`` (where ``saltutil.sync_utils`` puts our utils)
 and any ``utils_dirs`` itself before importing ``saltconsul_*``.
+
+Threads: one daemon thread per watch, each with its own client connection
+(a blocking query holds one). Salt calls :func:`close` when the beacon is
+deleted or disabled and before it rebuilds the beacons (module refresh, sync);
+a changed configuration, or a beacon loader built without closing the old one,
+stops the threads started before (they end when their current query returns).
 """
 
+import collections
 import logging
 import os
 import sys
+import threading
 
 import salt.utils.beacons
 
@@ -38,7 +58,14 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "consul_watch"
 _CONTEXT_KEY = "consul_watch.watchers"
-_TIMING = ("min_wait", "max_wait", "min_interval", "poll_interval", "backoff", "backoff_max")
+_TIMING = ("wait", "min_wait", "max_wait", "min_interval", "poll_interval", "backoff", "backoff_max")
+# Pause before restarting a watch thread that died on an unexpected error.
+_CRASH_PAUSE = 10.0
+# Default seconds between reads of an empty KV prefix (the documented beacon
+# interval: what a plain read per run cost before the watches had threads).
+_EMPTY_POLL = 10.0
+# Events kept per watch between two beacon runs (the oldest are dropped beyond).
+_MAX_QUEUED = 100
 
 saltconsul_client = None  # pylint: disable=invalid-name
 saltconsul_env = None  # pylint: disable=invalid-name
@@ -50,8 +77,8 @@ def _import_utils():
     global saltconsul_client, saltconsul_env, saltconsul_watch  # pylint: disable=global-statement
     if saltconsul_watch is not None:
         return True
-    dirs = [os.path.join(__opts__.get("extension_modules") or "", "utils")]
-    dirs += list(__opts__.get("utils_dirs") or [])
+    dirs = [os.path.join(__opts__.get("extension_modules") or "", "utils")]  # noqa: F821
+    dirs += list(__opts__.get("utils_dirs") or [])  # noqa: F821
     for path in dirs:
         if path and os.path.isdir(path) and path not in sys.path:
             sys.path.append(path)
@@ -89,39 +116,112 @@ def validate(config):
         for key in _TIMING + ("query_wait",):
             if key in conf and float(conf[key]) < 0:
                 return False, f"consul_watch beacon: {key} must not be negative"
+        if "wait" in conf and float(conf["wait"]) < 1:
+            # Below that the watcher would read without blocking: a poll, not a watch.
+            return False, "consul_watch beacon: wait must be at least 1 (seconds)"
     except (ValueError, TypeError) as err:
         return False, f"consul_watch beacon: {err}"
     return True, "Valid beacon configuration"
 
 
+class _Background:
+    """
+    One watch's blocking queries in a daemon thread; its events wait in a
+    queue for the next beacon run. The thread carries its stop event
+    (``consul_watch_stop``) so a later beacon loader can stop it.
+    """
+
+    def __init__(self, watcher):
+        self.watcher = watcher
+        self.stop = threading.Event()
+        self._events = collections.deque(maxlen=_MAX_QUEUED)
+        self._lock = threading.Lock()
+        self.thread = None
+
+    def start(self):
+        watch = self.watcher.watch
+        self.thread = threading.Thread(
+            target=self._run, name=f"consul_watch-beacon-{watch.kind}-{watch.name}", daemon=True
+        )
+        self.thread.consul_watch_stop = self.stop
+        self.thread.start()
+
+    def _emit(self, tag, payload):
+        with self._lock:
+            self._events.append((tag, payload))
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                self.watcher.run(self._emit, stop=self.stop)
+            except Exception:  # pylint: disable=broad-except
+                log.exception("consul_watch beacon: watch of %s crashed; restarting", self.watcher.watch.name)
+                self.stop.wait(_CRASH_PAUSE)
+
+    def drain(self):
+        with self._lock:
+            events = list(self._events)
+            self._events.clear()
+        return events
+
+
+def _stop_threads():
+    """Stop every watch thread this beacon started in this process (any loader, any configuration)."""
+    for thread in threading.enumerate():
+        stop = getattr(thread, "consul_watch_stop", None)
+        if stop is not None:
+            stop.set()
+
+
 def _watchers(conf):
-    """The watchers for this configuration, kept across beacon runs in ``__context__``."""
+    """
+    The background watches for this configuration, kept across beacon runs in
+    ``__context__``. Created on the first run: one plain read per watch (the
+    baseline, so what exists now is not reported as a change), then a thread
+    per watch holding blocking queries.
+    """
     key = repr(sorted((k, repr(v)) for k, v in conf.items()))
-    cache = __context__.setdefault(_CONTEXT_KEY, {})
+    cache = __context__.setdefault(_CONTEXT_KEY, {})  # noqa: F821
     if key not in cache:
         cache.clear()  # configuration changed: start afresh
-        client = saltconsul_client.get_client(__opts__, __context__)
-        types = saltconsul_env.env_config(__opts__).get("types")
+        _stop_threads()
+        types = saltconsul_env.env_config(__opts__).get("types")  # noqa: F821
         options = {k: float(conf[k]) for k in _TIMING if conf.get(k) is not None}
-        layers = saltconsul_watch.configured_layers(__opts__)
+        # An empty KV prefix (Consul answers 404, and the shared client drops
+        # that answer's index) cannot be blocked on; it is polled. Salt keeps
+        # the beacon's ``interval`` to itself, so the default is the documented one.
+        options.setdefault("poll_interval", _EMPTY_POLL)
+        layers = saltconsul_watch.configured_layers(__opts__)  # noqa: F821
         watches = saltconsul_watch.build_watches(conf, tag_prefix="", layers=layers, types=types)
-        cache[key] = [saltconsul_watch.Watcher(client, watch, **options) for watch in watches]
+        backgrounds = []
+        for watch in watches:
+            # Its own client (and connection) per thread: a blocking query holds one.
+            client = saltconsul_client.get_client(__opts__, {})  # noqa: F821
+            watcher = saltconsul_watch.Watcher(client, watch, **options)
+            watcher.step()  # the baseline (or a failure the thread backs off from)
+            background = _Background(watcher)
+            background.start()
+            backgrounds.append(background)
+        cache[key] = backgrounds
     return cache[key]
 
 
 def beacon(config):
     """
-    Run one query per watch (blocking at most ``query_wait`` seconds) and
-    return the events whose quiet period has passed.
+    Return the events the background watches reported since the last run
+    (each after its quiet period). Makes no request itself after the first run.
     """
     if not _import_utils():
         return []
     conf = salt.utils.beacons.list_to_dict(config)
-    query_wait = float(conf.get("query_wait", 0))
     events = []
-    for watcher in _watchers(conf):
-        if watcher.pause() > 0:
-            continue  # backing off after a failure, or min_interval not yet over
-        for tag, payload in watcher.step(max_block=query_wait):
+    for background in _watchers(conf):
+        for tag, payload in background.drain():
             events.append(dict(payload, tag=tag.strip("/")))
     return events
+
+
+def close(config):  # pylint: disable=unused-argument
+    """Stop the watch threads (Salt calls this on delete, disable and beacon refresh)."""
+    __context__.pop(_CONTEXT_KEY, None)  # noqa: F821
+    _stop_threads()

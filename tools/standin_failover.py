@@ -284,7 +284,8 @@ class Rig:
             self._spawn([str(self.bin / "salt-minion"), "-c", str(conf_dir)])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(RuntimeError, ValueError):
+            # A CLI call that hangs past its timeout (a loaded machine) is one more try.
+            with contextlib.suppress(RuntimeError, ValueError, subprocess.TimeoutExpired):
                 if set(self.salt("*", "test.ping", timeout=10) or {}) >= set(self.minion_ids):
                     return
             time.sleep(1)

@@ -12,6 +12,7 @@ import pytest
 
 import saltconsul_client
 import saltconsul_watch
+from conftest import wait_for
 
 
 @pytest.fixture
@@ -291,7 +292,67 @@ def test_beacon_through_salt_loader(consul_agent, minion_opts, kv_prefix):
         if events:
             break
         time.sleep(0.15)
-    assert len(events) == 1
-    assert events[0]["tag"] == f"kv/{kv_prefix}/b"
-    assert events[0]["added"] == [f"{kv_prefix}/b/two"]
-    assert "secret-2" not in json.dumps(events)
+    try:
+        assert len(events) == 1
+        assert events[0]["tag"] == f"kv/{kv_prefix}/b"
+        assert events[0]["added"] == [f"{kv_prefix}/b/two"]
+        assert "secret-2" not in json.dumps(events)
+    finally:
+        beacons["consul_watch.close"](config)
+
+
+def test_beacon_idle_makes_no_plain_requests(consul_agent, minion_opts, kv_prefix):
+    """
+    A quiet beacon costs Consul only blocking queries: after the baseline (one
+    plain read per watch) any number of beacon runs make no non-blocking
+    request; a change still arrives, and close() stops the watch threads.
+    Requests are counted by a proxy in front of the agent.
+    """
+    import salt.loader
+
+    import countingproxy
+
+    _put(consul_agent, f"{kv_prefix}/idle/one", "1")
+    with countingproxy.CountingProxy(consul_agent.http_addr) as proxy:
+        opts = dict(
+            minion_opts,
+            consul={"address": proxy.http_addr, "retries": 0},
+            extension_modules=str(saltconsul_watch.__file__).rsplit("/_utils/", 1)[0],
+        )
+        context = {}
+        beacons = salt.loader.beacons(opts, {}, context=context)
+        config = [
+            {"interval": 7},
+            {"kv": [f"{kv_prefix}/idle/"]},
+            {"services": ["consul"]},
+            {"min_wait": 0},
+            {"wait": 30},
+        ]
+        assert beacons["consul_watch.validate"](config)[0] is True
+        assert beacons["consul_watch.validate"](config[:3] + [{"wait": 0}])[0] is False
+        try:
+            assert beacons["consul_watch.beacon"](config) == []  # baseline: one plain read per watch
+            assert proxy.total("nonblocking") == 2, proxy.counts()
+            # An empty prefix (nothing to block on) would be read every 10 s, not every 2 s.
+            (watchers,) = context["consul_watch.watchers"].values()
+            assert [b.watcher.poll_interval for b in watchers] == [10.0, 10.0]
+            # Both watch threads hold a blocking query.
+            assert wait_for(lambda: proxy.total("blocking") >= 2), proxy.counts()
+            for _ in range(30):  # bounded: many beacon intervals with nothing changing
+                assert beacons["consul_watch.beacon"](config) == []
+                time.sleep(0.05)
+            assert proxy.total("nonblocking") == 2, proxy.counts()
+            assert {key for (kind, key) in proxy.counts() if kind == "blocking"} == {
+                f"GET /v1/kv/{kv_prefix}/idle/?recurse",
+                "GET /v1/health/service/consul?passing",
+            }
+
+            _put(consul_agent, f"{kv_prefix}/idle/two", "secret-two")
+            events = wait_for(lambda: beacons["consul_watch.beacon"](config))
+            assert [(e["tag"], e["added"]) for e in events] == [(f"kv/{kv_prefix}/idle", [f"{kv_prefix}/idle/two"])]
+            assert "secret-two" not in json.dumps(events)
+            assert proxy.total("nonblocking") == 2, proxy.counts()
+        finally:
+            beacons["consul_watch.close"](config)
+        threads = [t for t in threading.enumerate() if getattr(t, "consul_watch_stop", None) is not None]
+        assert threads and all(t.consul_watch_stop.is_set() for t in threads)
