@@ -17,15 +17,12 @@ events that became due since the last one.
         - min_wait: 5           # quiet period after a change
         - max_wait: 60
         - wait: 300             # longest blocking query while idle
-        - poll_interval: 10     # reads of a KV prefix while it is empty
 
 What a quiet minion costs Consul: one blocking query per watch per ``wait``
 seconds, and no other request (the first beacon run makes one plain read per
 watch, the baseline; after a failure the watcher re-reads once, then blocks
-again). Except for an *empty* KV prefix: Consul answers 404 and the shared
-client does not pass that answer's index on, so there is nothing to block on
-and the watch reads it every ``poll_interval`` seconds (default 10, the
-documented interval) until a key appears. ``query_wait`` (per-run reads
+again). An empty KV prefix is watched the same way: Consul's 404 carries the
+index to block on. ``query_wait`` (per-run reads
 blocking at most that long) is no longer used: a plain read every interval was
 a request per watch per interval on every minion, changed or not. It is still
 accepted, and ignored.
@@ -61,9 +58,6 @@ _CONTEXT_KEY = "consul_watch.watchers"
 _TIMING = ("wait", "min_wait", "max_wait", "min_interval", "poll_interval", "backoff", "backoff_max")
 # Pause before restarting a watch thread that died on an unexpected error.
 _CRASH_PAUSE = 10.0
-# Default seconds between reads of an empty KV prefix (the documented beacon
-# interval: what a plain read per run cost before the watches had threads).
-_EMPTY_POLL = 10.0
 # Events kept per watch between two beacon runs (the oldest are dropped beyond).
 _MAX_QUEUED = 100
 
@@ -187,10 +181,6 @@ def _watchers(conf):
         _stop_threads()
         types = saltconsul_env.env_config(__opts__).get("types")  # noqa: F821
         options = {k: float(conf[k]) for k in _TIMING if conf.get(k) is not None}
-        # An empty KV prefix (Consul answers 404, and the shared client drops
-        # that answer's index) cannot be blocked on; it is polled. Salt keeps
-        # the beacon's ``interval`` to itself, so the default is the documented one.
-        options.setdefault("poll_interval", _EMPTY_POLL)
         layers = saltconsul_watch.configured_layers(__opts__)  # noqa: F821
         watches = saltconsul_watch.build_watches(conf, tag_prefix="", layers=layers, types=types)
         backgrounds = []

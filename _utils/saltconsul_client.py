@@ -272,6 +272,9 @@ class ConsulClient:
         err = saltconsul_errors.classify(resp.status_code, text, method, path)
         if not_found_ok and isinstance(err, ConsulNotFound):
             return None
+        # Consul's 404 for a KV read still carries X-Consul-Index: a watch of an
+        # empty prefix blocks on it (until a key appears) instead of polling.
+        err.index = Response(resp.status_code, resp.headers, b"").index
         raise err
 
     # Convenience wrappers returning decoded JSON (None for an empty body or a tolerated 404).

@@ -17,6 +17,8 @@ class ConsulError(SaltException):
         self.status = status
         self.method = method
         self.path = path
+        # X-Consul-Index of the answer, when Consul sent one (set by the client).
+        self.index = None
 
 
 class ConsulUnreachable(ConsulError):

@@ -147,10 +147,11 @@ class KVWatch:
             resp = client.request(
                 "GET", f"/v1/kv/{self.prefix}", params={"recurse": True}, dc=self.dc, index=index, wait=wait
             )
-        except ConsulNotFound:
-            # Nothing under the prefix. The client drops the 404's X-Consul-Index,
-            # so the caller polls (bounded by min_interval) until a key appears.
-            return None, {}
+        except ConsulNotFound as err:
+            # Nothing under the prefix. Consul's 404 still carries the index, so
+            # the next query blocks until a key appears; an answer without one
+            # (None) makes the caller poll every poll_interval instead.
+            return err.index, {}
         entries = resp.json() or []
         return resp.index, {e["Key"]: e["ModifyIndex"] for e in entries}
 

@@ -86,17 +86,32 @@ def test_kv_burst_reports_once_without_values(consul_agent, client, kv_prefix):
     assert status == 404
 
 
-def test_kv_watch_on_empty_prefix_sees_first_key(consul_agent, client, kv_prefix):
-    watch = saltconsul_watch.KVWatch(f"{kv_prefix}/empty/")
-    watcher = saltconsul_watch.Watcher(
-        client, watch, wait=2, min_wait=0.3, max_wait=5, min_interval=0.1, poll_interval=0.3
-    )
-    assert watcher.step() == []
-    assert watcher.index is None  # 404: nothing to block on yet
-    _put(consul_agent, f"{kv_prefix}/empty/first", "1")
-    events = _run_until_event(watcher)
-    assert [p["added"] for _, p in events] == [[f"{kv_prefix}/empty/first"]]
-    assert watcher.index  # from now on it blocks
+def test_kv_watch_on_empty_prefix_blocks_until_the_first_key(consul_agent, kv_prefix):
+    """
+    Consul's 404 for an empty prefix carries X-Consul-Index: the watch blocks
+    on it (no polling while the prefix stays empty) and reports the first key.
+    """
+    import countingproxy
+
+    with countingproxy.CountingProxy(consul_agent.http_addr) as proxy:
+        client = saltconsul_client.get_client({"consul": {"address": proxy.http_addr, "retries": 0}}, {})
+        watch = saltconsul_watch.KVWatch(f"{kv_prefix}/empty/")
+        watcher = saltconsul_watch.Watcher(
+            client, watch, wait=30, min_wait=0.3, max_wait=5, min_interval=0.1, poll_interval=0.1
+        )
+        assert watcher.step() == []
+        assert watcher.index  # the 404's index: something to block on
+        found = []
+        thread = threading.Thread(target=lambda: found.extend(_run_until_event(watcher)), daemon=True)
+        thread.start()
+        # Many poll intervals pass: the watch holds one blocking query, no plain reads.
+        assert wait_for(lambda: proxy.total("blocking") >= 1), proxy.counts()
+        time.sleep(1.0)
+        assert proxy.total("nonblocking") == 1, proxy.counts()
+        _put(consul_agent, f"{kv_prefix}/empty/first", "1")
+        thread.join(25)
+        assert [p["added"] for _, p in found] == [[f"{kv_prefix}/empty/first"]]
+        assert proxy.total("nonblocking") == 1, proxy.counts()
 
 
 def test_max_wait_bounds_a_continuous_burst(consul_agent, client, kv_prefix):
@@ -333,9 +348,6 @@ def test_beacon_idle_makes_no_plain_requests(consul_agent, minion_opts, kv_prefi
         try:
             assert beacons["consul_watch.beacon"](config) == []  # baseline: one plain read per watch
             assert proxy.total("nonblocking") == 2, proxy.counts()
-            # An empty prefix (nothing to block on) would be read every 10 s, not every 2 s.
-            (watchers,) = context["consul_watch.watchers"].values()
-            assert [b.watcher.poll_interval for b in watchers] == [10.0, 10.0]
             # Both watch threads hold a blocking query.
             assert wait_for(lambda: proxy.total("blocking") >= 2), proxy.counts()
             for _ in range(30):  # bounded: many beacon intervals with nothing changing
