@@ -125,8 +125,9 @@ class _Background:
     (``consul_watch_stop``) so a later beacon loader can stop it.
     """
 
-    def __init__(self, watcher):
+    def __init__(self, watcher, name):
         self.watcher = watcher
+        self.name = name
         self.stop = threading.Event()
         self._events = collections.deque(maxlen=_MAX_QUEUED)
         self._lock = threading.Lock()
@@ -138,6 +139,7 @@ class _Background:
             target=self._run, name=f"consul_watch-beacon-{watch.kind}-{watch.name}", daemon=True
         )
         self.thread.consul_watch_stop = self.stop
+        self.thread.consul_watch_beacon = self.name
         self.thread.start()
 
     def _emit(self, tag, payload):
@@ -159,11 +161,16 @@ class _Background:
         return events
 
 
-def _stop_threads():
-    """Stop every watch thread this beacon started in this process (any loader, any configuration)."""
+def _beacon_name(conf):
+    """The beacon entry's name (Salt adds ``_beacon_name``; several entries may use ``beacon_module: consul_watch``)."""
+    return str(conf.get("_beacon_name") or __virtualname__)
+
+
+def _stop_threads(name):
+    """Stop the watch threads the beacon entry ``name`` started in this process (any loader, any configuration)."""
     for thread in threading.enumerate():
         stop = getattr(thread, "consul_watch_stop", None)
-        if stop is not None:
+        if stop is not None and getattr(thread, "consul_watch_beacon", None) == name:
             stop.set()
 
 
@@ -174,11 +181,14 @@ def _watchers(conf):
     baseline, so what exists now is not reported as a change), then a thread
     per watch holding blocking queries.
     """
-    key = repr(sorted((k, repr(v)) for k, v in conf.items()))
+    name = _beacon_name(conf)
+    key = repr(sorted((k, repr(v)) for k, v in conf.items() if k != "_beacon_name"))
     cache = __context__.setdefault(_CONTEXT_KEY, {})  # noqa: F821
-    if key not in cache:
-        cache.clear()  # configuration changed: start afresh
-        _stop_threads()
+    if cache.get(name, (None,))[0] != key:
+        # First run, or this entry's configuration changed: start afresh
+        # (other entries of this beacon module keep their watches).
+        cache.pop(name, None)
+        _stop_threads(name)
         types = saltconsul_env.env_config(__opts__).get("types")  # noqa: F821
         options = {k: float(conf[k]) for k in _TIMING if conf.get(k) is not None}
         layers = saltconsul_watch.configured_layers(__opts__)  # noqa: F821
@@ -189,11 +199,11 @@ def _watchers(conf):
             client = saltconsul_client.get_client(__opts__, {})  # noqa: F821
             watcher = saltconsul_watch.Watcher(client, watch, **options)
             watcher.step()  # the baseline (or a failure the thread backs off from)
-            background = _Background(watcher)
+            background = _Background(watcher, name)
             background.start()
             backgrounds.append(background)
-        cache[key] = backgrounds
-    return cache[key]
+        cache[name] = (key, backgrounds)
+    return cache[name][1]
 
 
 def beacon(config):
@@ -211,7 +221,8 @@ def beacon(config):
     return events
 
 
-def close(config):  # pylint: disable=unused-argument
-    """Stop the watch threads (Salt calls this on delete, disable and beacon refresh)."""
-    __context__.pop(_CONTEXT_KEY, None)  # noqa: F821
-    _stop_threads()
+def close(config):
+    """Stop this beacon entry's watch threads (Salt calls this on delete, disable and beacon refresh)."""
+    name = _beacon_name(salt.utils.beacons.list_to_dict(config))
+    __context__.get(_CONTEXT_KEY, {}).pop(name, None)  # noqa: F821
+    _stop_threads(name)

@@ -368,3 +368,47 @@ def test_beacon_idle_makes_no_plain_requests(consul_agent, minion_opts, kv_prefi
             beacons["consul_watch.close"](config)
         threads = [t for t in threading.enumerate() if getattr(t, "consul_watch_stop", None) is not None]
         assert threads and all(t.consul_watch_stop.is_set() for t in threads)
+
+
+def test_two_beacon_entries_keep_their_own_watches(consul_agent, minion_opts, kv_prefix):
+    """
+    Two entries using ``beacon_module: consul_watch`` (Salt passes each its
+    ``_beacon_name``) run side by side: alternating runs start nothing anew
+    (no more plain reads after both baselines), and closing one leaves the
+    other's watch running.
+    """
+    import salt.loader
+
+    import countingproxy
+
+    _put(consul_agent, f"{kv_prefix}/a/one", "1")
+    _put(consul_agent, f"{kv_prefix}/b/one", "1")
+    with countingproxy.CountingProxy(consul_agent.http_addr) as proxy:
+        opts = dict(
+            minion_opts,
+            consul={"address": proxy.http_addr, "retries": 0},
+            extension_modules=str(saltconsul_watch.__file__).rsplit("/_utils/", 1)[0],
+        )
+        beacons = salt.loader.beacons(opts, {}, context={})
+        conf_a = [{"kv": [f"{kv_prefix}/a/"]}, {"min_wait": 0}, {"wait": 30}, {"_beacon_name": "watch_a"}]
+        conf_b = [{"kv": [f"{kv_prefix}/b/"]}, {"min_wait": 0}, {"wait": 30}, {"_beacon_name": "watch_b"}]
+
+        def threads(name):
+            return [t for t in threading.enumerate() if getattr(t, "consul_watch_beacon", None) == name]
+
+        try:
+            for _ in range(10):
+                assert beacons["consul_watch.beacon"](conf_a) == []
+                assert beacons["consul_watch.beacon"](conf_b) == []
+            assert proxy.total("nonblocking") == 2, proxy.counts()  # one baseline each, never restarted
+            assert len(threads("watch_a")) == 1 and len(threads("watch_b")) == 1
+            beacons["consul_watch.close"](conf_a[:-1] + [{"_beacon_name": "watch_a"}])
+            assert all(t.consul_watch_stop.is_set() for t in threads("watch_a"))
+            assert not any(t.consul_watch_stop.is_set() for t in threads("watch_b"))
+            _put(consul_agent, f"{kv_prefix}/b/two", "2")
+            events = wait_for(lambda: beacons["consul_watch.beacon"](conf_b))
+            assert [e["added"] for e in events] == [[f"{kv_prefix}/b/two"]]
+        finally:
+            beacons["consul_watch.close"](conf_a)
+            beacons["consul_watch.close"](conf_b)
+        assert all(t.consul_watch_stop.is_set() for t in threads("watch_a") + threads("watch_b"))
