@@ -242,8 +242,13 @@ def _raw_entries(entries):
 def merge_trees(trees):
     """
     Deep-merge ``trees`` in order (later wins; dicts merge recursively, other
-    values, lists included, are replaced) with ``salt.utils.dictupdate.merge``.
-    The first tree is updated in place and returned: pass copies.
+    values, lists included, are replaced): Salt's ``recurse`` merge strategy,
+    i.e. ``salt.utils.dictupdate.update``. The first non-empty tree is updated
+    in place and returned, and the later trees' branches are moved into it:
+    pass private copies (what the pillar cache hands out).
+    ``salt.utils.dictupdate.merge`` would first deep-copy the whole result
+    for every layer merged, which for a warm compile cost more than
+    unpacking the layers.
     """
     result = None
     for tree in trees:
@@ -252,5 +257,5 @@ def merge_trees(trees):
         if result is None:
             result = tree
         else:
-            result = salt.utils.dictupdate.merge(result, tree, strategy="recurse")
+            result = salt.utils.dictupdate.update(result, tree, merge_lists=False)
     return result if result is not None else {}
