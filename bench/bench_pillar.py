@@ -13,7 +13,7 @@ Bench section ``pillar``: the ``consul`` ext_pillar against a real Consul.
      subprocess from ``.bench-venv-saltext/`` (created here with pip, pinned).
 
    ``pillar_10k_vs_floor`` is the median over 5 rounds of (ours cold / floor),
-   each round timing the two alternately (3 runs each, their medians), so a
+   each round timing the two alternately (5 runs each, their medians), so a
    busy moment of the machine weighs on both sides of one round's ratio; the
    rounds are printed too (``pillar_10k_vs_floor_rounds``).
 
@@ -44,7 +44,7 @@ BIG_KEYS = 10_000
 # pillar_10k_vs_floor: the median over ROUNDS of (our cold compile / the floor),
 # each side the median of RUNS_PER_ROUND runs alternating with the other.
 ROUNDS = 5
-RUNS_PER_ROUND = 3
+RUNS_PER_ROUND = 5
 MINIONS = [f"web{i:03d}.prod.gg.mydc1.example.com" for i in range(100)]
 FLEET_LAYERS = [
     f"{FLEET}/global",
