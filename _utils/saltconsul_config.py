@@ -111,7 +111,9 @@ def parse_config(opts, environ=None, **overrides):
     env_conf = _from_environment(environ)
     ssl = env_conf.pop("_ssl", False)
     conf.update(env_conf)
-    section = (opts or {}).get("consul") or {}
+    # Not ``opts or {}``: Salt 3008's master opts (OptsDict) count every key
+    # of their parent chain to answer truthiness, on every compile.
+    section = ({} if opts is None else opts).get("consul") or {}
     if not isinstance(section, dict):
         raise SaltInvocationError("the 'consul' config key must be a mapping")
     # A token given in opts replaces a token file from the environment, and vice versa.

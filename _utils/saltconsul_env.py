@@ -194,7 +194,7 @@ def service_name(service, env, template=DEFAULT_POSTFIX):
 
 def env_config(opts):
     """The ``consul:env`` mapping from opts (empty if absent or malformed)."""
-    section = (opts or {}).get("consul") or {}
+    section = ({} if opts is None else opts).get("consul") or {}
     conf = section.get("env") if isinstance(section, dict) else None
     return conf if isinstance(conf, dict) else {}
 
@@ -206,7 +206,7 @@ def local_name(opts):
         import socket
 
         return socket.getfqdn()
-    return (opts or {}).get("id") or ""
+    return ({} if opts is None else opts).get("id") or ""
 
 
 def parse_postfix(text, env_conf=None):

@@ -79,7 +79,7 @@ def parse_config(opts, kwargs):
     in the master config < the ext_pillar arguments. Raises SaltInvocationError.
     """
     conf = dict(DEFAULTS)
-    section = ((opts or {}).get("consul") or {}).get("pillar") or {}
+    section = (({} if opts is None else opts).get("consul") or {}).get("pillar") or {}
     if not isinstance(section, dict):
         raise SaltInvocationError("consul:pillar must be a mapping")
     for source in (section, kwargs or {}):
@@ -157,7 +157,7 @@ def parse_config(opts, kwargs):
     elif not isinstance(conf["env_key"], str) or not conf["env_key"]:
         raise SaltInvocationError("consul ext_pillar: env_key must be a non-empty string or false")
     if not conf["cache_dir"]:
-        conf["cache_dir"] = os.path.join((opts or {}).get("cachedir") or "/var/cache/salt/master", "consul_pillar")
+        conf["cache_dir"] = os.path.join(({} if opts is None else opts).get("cachedir") or "/var/cache/salt/master", "consul_pillar")
     return conf
 
 
@@ -223,7 +223,7 @@ def ext_pillar_kwargs(opts, entry=0):
     and the defaults apply, as they would to a bare ``- consul: {}``).
     """
     entries = []
-    for item in (opts or {}).get("ext_pillar") or []:
+    for item in ({} if opts is None else opts).get("ext_pillar") or []:
         if isinstance(item, dict) and "consul" in item:
             entries.append(item["consul"])
     if not entries:
@@ -376,7 +376,7 @@ def secret_rule(opts):
     segments, default :data:`DEFAULT_SECRET_MARKERS`) and
     ``consul:runners:secret_folders`` (KV folders). Raises SaltInvocationError.
     """
-    section = ((opts or {}).get("consul") or {}).get("runners") or {}
+    section = (({} if opts is None else opts).get("consul") or {}).get("runners") or {}
     if not isinstance(section, dict):
         raise SaltInvocationError("consul:runners must be a mapping")
     markers = section.get("secret_markers")

@@ -136,3 +136,35 @@ def test_every_leaf_survives(flat):
         if isinstance(node, dict):
             node = node["_value"]
         assert node == value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": 1}',
+        b'{"a": 1} \n\t\r',
+        b'{"a": 1} x',
+        b'{"a": 1}{"b": 2}',
+        '{"a": 1}\u00a0'.encode(),
+        '\u00a0{"a": 1}'.encode(),
+        b' \n{"a": [1, 2]}',
+        b"[1, 2",
+        b"[]",
+        b"{}",
+        b"[1, 2] ",
+        b"10",
+        b"null",
+        b"yes",
+        b"",
+        b"\xff{",
+        b'{"a": NaN}',
+    ],
+)
+def test_build_tree_auto_fast_path_equals_decode_value(raw):
+    """build_tree unrolls the auto rule for speed: it must give what decode_value gives."""
+    warnings = []
+    tree = kvtree.build_tree([("r/k", raw)], "r", "auto", warnings=warnings)
+    expected_warnings = []
+    assert tree["k"] == kvtree.decode_value(raw, "auto", key="r/k", warnings=expected_warnings)
+    assert type(tree["k"]) is type(kvtree.decode_value(raw, "auto", key="r/k", warnings=[]))
+    assert warnings == expected_warnings
