@@ -134,11 +134,11 @@ def connection(opts, profile):
     without a profile, the top-level ``consul.*`` keys of the config).
     """
     merged = {}
-    pillar_opts = (opts or {}).get("pillar") or {}
+    pillar_opts = ({} if opts is None else opts).get("pillar") or {}
     if isinstance(pillar_opts, dict):
         merged.update(pillar_opts.get("master") or {})
         merged.update(pillar_opts)
-    merged.update(opts or {})
+    merged.update({} if opts is None else opts)
     if profile:
         section = merged.get(profile)
         if not isinstance(section, dict):
@@ -158,7 +158,7 @@ def connection(opts, profile):
     if "verify" in params:
         overrides["verify"] = params["verify"]
     if params.get("dc"):
-        dc = _resolve_dc(params["dc"], (opts or {}).get("pillarenv") or "base")
+        dc = _resolve_dc(params["dc"], ({} if opts is None else opts).get("pillarenv") or "base")
         if dc:
             overrides["datacenter"] = dc
     return overrides

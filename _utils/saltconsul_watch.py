@@ -88,7 +88,8 @@ def tag_for(kind, name, tag_prefix=TAG_PREFIX):
 
 def configured_layers(opts):
     """``consul:watch_layers`` if set, else the ext_pillar's layers (:func:`pillar_layers`)."""
-    layers = ((opts or {}).get("consul") or {}).get("watch_layers")
+    # Not ``opts or {}``: Salt 3008's OptsDict answers truthiness by counting its parent chain.
+    layers = (({} if opts is None else opts).get("consul") or {}).get("watch_layers")
     if layers:
         return [item.get("path") if isinstance(item, dict) else item for item in layers if item]
     return pillar_layers(opts)
