@@ -63,7 +63,7 @@ ROUND_TIMEOUT = 120
 SETTINGS = {
     "check_interval": "2s",
     "check_timeout": "1s",
-    "min_wait": "0.5",
+    "min_wait": "0.2",
     "max_wait": "30",
     "min_interval": "0.5",
     "wait": "300",

@@ -30,6 +30,9 @@ app-secrets-missing:
   test.fail_without_changes:
     - name: "secrets missing in Consul KV under {{ app.secrets_prefix }}/{{ env.type }}/{{ env.group }}/: {{ missing | join(', ') }}"
     - failhard: true
+    {#- Before the included config file too: nothing is written without the secrets. #}
+    - require_in:
+      - file: app-config
 {%- endif %}
 
 app-root:
