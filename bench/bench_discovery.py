@@ -4,11 +4,13 @@ its health check to every client's rendered config no longer naming it,
 through the real chain an operator ships
 
     listener stopped -> Consul TCP check critical -> consul_watch engine
-    (service watch on ``db``) event -> reactor/consul_service.sls
-    -> orch/consul_service_rerender.sls -> state.sls app.config on the
-    mapped minions -> app.conf's [db] hosts re-rendered from consul.discover
+    (service watch on ``db``) event -> reactor/consul_service.sls (targets
+    from the minion IDs; one batch, so it publishes the job itself; more
+    targets would go through orch/consul_service_rerender.sls) -> state.sls
+    app.config on the mapped minions -> app.conf's [db] hosts re-rendered
+    from consul.discover
 
-on real daemons: a ``salt-master`` (engine + reactor + orchestration) and two
+on real daemons: a ``salt-master`` (engine + reactor) and two
 ``salt-minion`` clients (``web01``/``web02`` in prod/gg), the failover rig's
 ``Rig`` (``tools/standin_failover.py``), against the bench's Consul agent. The
 three ``db`` instances are stand-in servers (``tools/standin_db.py``, the
@@ -27,7 +29,7 @@ from the master log (engine event, published job):
 * ``discovery_watch_seconds``: critical -> the engine's event (blocking query
   wake-up plus the quiet period ``min_wait``);
 * ``discovery_event_to_job_seconds``: event -> the re-render job published to
-  the minions (reactor, orchestration render, targeting);
+  the minions (reactor render, targeting runner, publish);
 * ``discovery_render_seconds``: job -> the last client's file updated;
 * ``discovery_settings``: the check and engine settings used.
 
