@@ -41,6 +41,7 @@ Figures, not assertions.
 
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -218,6 +219,7 @@ def run(agent):
         # The bench agent is shared with other sections: leave it clean.
         for sid in INSTANCES:
             agent.api("PUT", f"/v1/agent/service/deregister/{sid}")
+        shutil.rmtree(root, ignore_errors=True)
 
     def median(values):
         values = [v for v in values if v is not None]
