@@ -16,6 +16,7 @@ them) or on a minion (events are sent on to the master with ``event.send``).
           services:
             - db                      # tag salt/consul/service/db
             - {name: web, tag: prod}
+            - {name: cache, min_wait: 0.5}  # an entry's own timing overrides the engine's
           min_wait: 2                 # quiet period: report a burst after 2s without changes
           max_wait: 30                # ... or 30s after its first change at the latest
           wait: 300                   # longest blocking query while idle
@@ -122,6 +123,25 @@ def _run_watch(opts, watch, options, emit, stop):
             stop.wait(_CRASH_PAUSE)
 
 
+def _watches(config, options, **build):
+    """
+    ``[(watch, watcher_options)]`` for the ``kv`` / ``services`` entries of
+    ``config``: the engine-wide ``options``, overridden by the timing keys a
+    mapping entry sets for itself (stripped before the entry is parsed, one
+    entry at a time, so each watch gets its own entry's options).
+    """
+    watches = []
+    for kind in ("kv", "services"):
+        for entry in config.get(kind) or []:
+            own = {}
+            if isinstance(entry, dict):
+                own = saltconsul_watch.watcher_options(entry)
+                entry = {k: v for k, v in entry.items() if k not in saltconsul_watch.WATCHER_OPTIONS}
+            for watch in saltconsul_watch.build_watches({kind: [entry]}, **build):
+                watches.append((watch, dict(options, **own)))
+    return watches
+
+
 def start(kv=None, services=None, tag_prefix=saltconsul_watch.TAG_PREFIX, layers=None, **options):
     """
     Run the watches until the process is stopped.
@@ -138,11 +158,15 @@ def start(kv=None, services=None, tag_prefix=saltconsul_watch.TAG_PREFIX, layers
         (default: ``consul:watch_layers``, else the master's ``consul``
         ext_pillar layers, e.g. ``config/group/{type}.{group}``).
     wait, min_wait, max_wait, min_interval, poll_interval, backoff, backoff_max
-        Watcher timing, see ``saltconsul_watch.Watcher``.
+        Watcher timing, see ``saltconsul_watch.Watcher``. A ``kv`` or
+        ``services`` mapping entry may set any of them for itself (e.g. a short
+        ``min_wait`` for a service, whose health changes do not come in bursts
+        the way KV writes do, see docs/watch.md).
     """
     types = saltconsul_env.env_config(__opts__).get("types")
-    watches = saltconsul_watch.build_watches(
+    watches = _watches(
         {"kv": kv, "services": services},
+        saltconsul_watch.watcher_options(options),
         tag_prefix=tag_prefix,
         layers=layers or saltconsul_watch.configured_layers(__opts__),
         types=types,
@@ -151,11 +175,10 @@ def start(kv=None, services=None, tag_prefix=saltconsul_watch.TAG_PREFIX, layers
     if not watches:
         log.error("consul_watch: nothing to watch (configure kv and/or services)")
         return
-    watcher_options = saltconsul_watch.watcher_options(options)
     emit = _emitter(__opts__)
     stop = threading.Event()
     threads = []
-    for watch in watches:
+    for watch, watcher_options in watches:
         thread = threading.Thread(
             target=_run_watch,
             args=(__opts__, watch, watcher_options, emit, stop),

@@ -13,6 +13,11 @@
   * the app's service registered in Consul with an HTTP health check.
 -#}
 {%- from 'app/map.jinja' import app, env with context %}
+
+{#- The config file (and the environment check) live in app.config, which the
+    service-watch orchestration re-renders alone when db's healthy set changes. #}
+include:
+  - app.config
 {%- set missing = [] %}
 {%- for name in app.secrets %}
 {%-   if salt['consul.kv_get'](app.secrets_prefix ~ '/' ~ env.type ~ '/' ~ env.group ~ '/' ~ name) is none %}
@@ -20,18 +25,14 @@
 {%-   endif %}
 {%- endfor %}
 
-{%- if not env.get('postfix') %}
-app-environment-unknown:
-  test.fail_without_changes:
-    - name: "minion ID {{ opts['id'] }} does not name a complete environment (type.group.datacenter)"
-    - failhard: true
-{%- endif %}
-
 {%- if missing %}
 app-secrets-missing:
   test.fail_without_changes:
     - name: "secrets missing in Consul KV under {{ app.secrets_prefix }}/{{ env.type }}/{{ env.group }}/: {{ missing | join(', ') }}"
     - failhard: true
+    {#- Before the included config file too: nothing is written without the secrets. #}
+    - require_in:
+      - file: app-config
 {%- endif %}
 
 app-root:
@@ -90,18 +91,6 @@ app-installed:
     - require:
       - cmd: app-wheel
       - file: app-requirements
-
-app-config:
-  file.managed:
-    - name: {{ app.config }}
-    - source: salt://app/files/app.conf.jinja
-    - template: jinja
-    - mode: '0644'
-    - context:
-        app: {{ app | json }}
-        env: {{ env | json }}
-    - require:
-      - file: app-root
 
 app-secrets:
   file.managed:

@@ -1,56 +1,32 @@
 {#-
-  Render again the configs that list a service whose healthy set changed.
+  Roll out the re-render of the configs that list a service whose healthy set
+  changed, in batches: reactor/consul_service.sls works out the targets
+  (consul_react:services:<name>, see there and formulas/reactor/README.md) and
+  publishes the state itself when they fit in one batch; it comes here with
+  more minions than `batch_size` (or with none, or for a service that is not
+  mapped, which is then said and nothing run).
 
-  Which minions list which service is operator knowledge, so it is declared in
-  the master config; targets are still derived from minion IDs on the master.
-  The state gets pillar consul_service:{name, healthy} (the event's healthy
-  instances: id, node, address, port, tags, datacenter); a template may use it
-  or ask consul.discover again.
-    consul_react:
-      services:
-        db:
-          sls: app.config        # the state that renders the config file(s)
-          type: prod             # optional filters on the ID-derived environment
-          group: gg
-          role: web
-          batch_size: 10
-          splay: 5
-        cache:
-          sls: app.config
-          tgt: 'web*'            # or an explicit target (glob, list, compound...)
-          tgt_type: glob
+  Pillar from the reactor: consul_event (the engine's event) and
+  consul_targets (the minion IDs, from their ID-derived environment). Each
+  batch runs the mapped state (`sls`, default app.config) with pillar
+  consul_service:{name, healthy}, `splay` seconds after the previous batch,
+  which it requires (a failed batch stops the rollout).
 -#}
 {%- set ev = pillar.get('consul_event', {}) %}
 {%- set service = ev.get('service', '') %}
 {%- set conf = salt['config.get']('consul_react:services', {}).get(service) %}
+{%- set minions = pillar.get('consul_targets') or [] %}
 {%- if not conf %}
 consul_service_not_mapped:
   test.succeed_without_changes:
     - name: "service {{ service }} changed; no consul_react:services entry for it"
-{%- else %}
-{%- if conf.get('tgt') %}
-{%- set targets = conf['tgt'] %}
-{%- set tgt_type = conf.get('tgt_type', 'glob') %}
-{%- set batches = [targets] %}
-{%- else %}
-{%- set filters = {} %}
-{%- for field in ['type', 'group', 'datacenter', 'role'] if conf.get(field) %}
-{%- do filters.update({field: conf[field]}) %}
-{%- endfor %}
-{%- set minions = salt['saltutil.runner']('consul_targets.minions', kwarg=filters) %}
-{%- set size = [conf.get('batch_size', 10) | int, 1] | max %}
-{%- set tgt_type = 'list' %}
-{%- set batches = [] %}
-{%- for start in range(0, minions | length, size) %}
-{%- do batches.append(minions[start:start + size]) %}
-{%- endfor %}
-{%- endif %}
-{%- if not batches %}
+{%- elif not minions %}
 consul_service_no_targets:
   test.succeed_without_changes:
     - name: "service {{ service }} changed; no minion matches its consul_react entry"
-{%- endif %}
-{%- for batch in batches %}
+{%- else %}
+{%- set size = [conf.get('batch_size', 10) | int, 1] | max %}
+{%- for start in range(0, minions | length, size) %}
 {%- set n = loop.index %}
 {%- if not loop.first %}
 consul_service_splay_{{ n }}:
@@ -63,8 +39,8 @@ consul_service_splay_{{ n }}:
 
 consul_service_rerender_{{ n }}:
   salt.state:
-    - tgt: {{ batch | json }}
-    - tgt_type: {{ tgt_type }}
+    - tgt: {{ minions[start:start + size] | json }}
+    - tgt_type: list
     - sls: {{ conf.get('sls', 'app.config') | json }}
     {#- The healthy list travels along, so a template can use it directly. #}
     - pillar:

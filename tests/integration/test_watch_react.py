@@ -47,12 +47,12 @@ def react_tree(tmp_path_factory, applied_dir):
         "  cmd.run:\n"
         f"    - name: echo applied >> {applied_dir}/{{{{ grains['id'] }}}}.log\n"
     )
-    # The "config that lists db": the healthy instances' ports, from the event.
+    # The "config that lists <service>": the healthy instances' ports, from the event.
     (root / "consulapp" / "config.sls").write_text(
         "consulapp_db_config:\n"
         "  file.managed:\n"
-        f"    - name: {applied_dir}/{{{{ grains['id'] }}}}.db.conf\n"
-        "    - contents: \"db={{ pillar['consul_service']['healthy'] | map(attribute='port') | join(',') }}\"\n"
+        f"    - name: {applied_dir}/{{{{ grains['id'] }}}}.{{{{ pillar['consul_service']['name'] }}}}.conf\n"
+        "    - contents: \"{{ pillar['consul_service']['name'] }}={{ pillar['consul_service']['healthy'] | map(attribute='port') | join(',') }}\"\n"
     )
     return root
 
@@ -71,7 +71,8 @@ def react_master(salt_factories, react_consul, react_tree):
                 {
                     "consul_watch": {
                         "kv": ["config/"],
-                        "services": ["db"],
+                        # db reports after 0.5 s of quiet, KV after 2 s (per-entry timing).
+                        "services": [{"name": "db", "min_wait": 0.5}, "cache"],
                         "min_wait": 2,
                         "max_wait": 20,
                         "wait": 30,
@@ -87,7 +88,11 @@ def react_master(salt_factories, react_consul, react_tree):
             ],
             "consul_react": {
                 "kv": {"sls": "consulapp", "batch_size": 1, "splay": 1},
-                "services": {"db": {"sls": "consulapp.config", "type": "prod", "group": "gg"}},
+                "services": {
+                    "db": {"sls": "consulapp.config", "type": "prod", "group": "gg"},
+                    # More minions than batch_size: rolled out by the orchestration.
+                    "cache": {"sls": "consulapp.config", "type": "prod", "group": "gg", "batch_size": 1, "splay": 1},
+                },
             },
             "log_level_logfile": "debug",
         },
@@ -134,6 +139,32 @@ def _wait_orchestrations(event_listener, after, marker, count=1, timeout=180):
             return rets
         time.sleep(1)
     pytest.fail(f"{count} orchestration(s) for {marker} did not finish in {timeout}s")
+
+
+def _wait_rerenders(event_listener, after, marker, minions=tuple(PROD), timeout=180):
+    """
+    Wait until each of ``minions`` returned a ``state.sls`` job whose arguments
+    (the healthy list handed over as pillar) mention ``marker``; return the returns.
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rets = [
+            e
+            for e in event_listener.get_events([(MASTER_ID, "salt/job/*/ret/*")], after_time=after)
+            if e.data.get("fun") == "state.sls" and marker in json.dumps(e.data.get("fun_args"))
+        ]
+        if {e.data.get("id") for e in rets} >= set(minions):
+            return rets
+        time.sleep(0.5)
+    pytest.fail(f"state.sls with {marker} did not return from {minions} in {timeout}s")
+
+
+def _orchestrations(event_listener, after, marker):
+    return [
+        e
+        for e in event_listener.get_events([(MASTER_ID, "salt/run/*/ret")], after_time=after)
+        if e.data.get("fun") == "runner.state.orchestrate" and marker in json.dumps(e.data.get("fun_args"))
+    ]
 
 
 def _wait_engine_live(react_consul, event_listener):
@@ -223,20 +254,48 @@ def test_healthy_set_change_rerenders_configs_listing_the_service(react_consul, 
         assert event_listener.wait_for_events(
             [(MASTER_ID, "salt/consul/service/db")], timeout=60, after_time=after
         ).found_all_events
-        _wait_orchestrations(event_listener, after, '"port": 5432')
+        rets = _wait_rerenders(event_listener, after, '"port": 5432')
+        assert all(e.data.get("success") is True for e in rets), [e.data for e in rets]
         assert conf[PROD[0]].read_text().strip() == "db=5432"
         assert conf[PROD[1]].read_text().strip() == "db=5432"
         assert not conf[DEV].exists()
+        # Two targets fit one batch: the reactor published the job itself, in
+        # one job for both minions, with no orchestration in between.
+        assert len({e.data.get("jid") for e in rets}) == 1
+        assert _orchestrations(event_listener, after, '"port": 5432') == []
 
         # A second instance turns healthy: the configs name both.
         reg2 = dict(reg, ID="db-2", Port=5433)
         assert react_consul.api("PUT", "/v1/agent/service/register", reg2)[0] == 200
         after = time.time()
         assert react_consul.api("PUT", "/v1/agent/check/pass/service:db-2")[0] == 200
-        _wait_orchestrations(event_listener, after, '"port": 5433')
+        _wait_rerenders(event_listener, after, '"port": 5433')
         assert conf[PROD[0]].read_text().strip() == "db=5432,5433"
         health = react_consul.api_json("GET", "/v1/health/service/db?passing")
         assert sorted(h["Service"]["Port"] for h in health) == [5432, 5433]
     finally:
         react_consul.api("PUT", "/v1/agent/service/deregister/db-1")
         react_consul.api("PUT", "/v1/agent/service/deregister/db-2")
+
+
+def test_more_targets_than_a_batch_roll_out_through_the_orchestration(
+    react_consul, react_minions, applied_dir, event_listener
+):
+    _wait_engine_live(react_consul, event_listener)
+    conf = {mid: applied_dir / f"{mid}.cache.conf" for mid in react_minions}
+    reg = {"Name": "cache", "ID": "cache-1", "Port": 6379, "Tags": ["prod", "gg"], "Check": {"TTL": "120s"}}
+    assert react_consul.api("PUT", "/v1/agent/service/register", reg)[0] == 200
+    try:
+        after = time.time()
+        assert react_consul.api("PUT", "/v1/agent/check/pass/service:cache-1")[0] == 200
+        orch = _wait_orchestrations(event_listener, after, '"port": 6379')
+        assert orch[0].data.get("success") is True, orch[0].data
+        rets = _wait_rerenders(event_listener, after, '"port": 6379')
+        # batch_size 1: one job per prod/gg minion, one after the other; dev untouched.
+        assert sorted(e.data["id"] for e in rets) == sorted(PROD)
+        assert len({e.data["jid"] for e in rets}) == 2
+        assert conf[PROD[0]].read_text().strip() == "cache=6379"
+        assert conf[PROD[1]].read_text().strip() == "cache=6379"
+        assert not conf[DEV].exists()
+    finally:
+        react_consul.api("PUT", "/v1/agent/service/deregister/cache-1")
