@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "consul_watch"
 _CONTEXT_KEY = "consul_watch.watchers"
-_TIMING = ("wait", "min_wait", "max_wait", "min_interval", "poll_interval", "backoff", "backoff_max")
 # Pause before restarting a watch thread that died on an unexpected error.
 _CRASH_PAUSE = 10.0
 # Events kept per watch between two beacon runs (the oldest are dropped beyond).
@@ -107,7 +106,7 @@ def validate(config):
         return False, "salt-consul utils are not importable"
     try:
         saltconsul_watch.build_watches(conf)
-        for key in _TIMING + ("query_wait",):
+        for key in saltconsul_watch.WATCHER_OPTIONS + ("query_wait",):
             if key in conf and float(conf[key]) < 0:
                 return False, f"consul_watch beacon: {key} must not be negative"
         if "wait" in conf and float(conf["wait"]) < 1:
@@ -190,14 +189,14 @@ def _watchers(conf):
         cache.pop(name, None)
         _stop_threads(name)
         types = saltconsul_env.env_config(__opts__).get("types")  # noqa: F821
-        options = {k: float(conf[k]) for k in _TIMING if conf.get(k) is not None}
+        options = saltconsul_watch.watcher_options(conf)
         layers = saltconsul_watch.configured_layers(__opts__)  # noqa: F821
         watches = saltconsul_watch.build_watches(conf, tag_prefix="", layers=layers, types=types)
         backgrounds = []
         for watch in watches:
             # Its own client (and connection) per thread: a blocking query holds one.
             client = saltconsul_client.get_client(__opts__, {})  # noqa: F821
-            watcher = saltconsul_watch.Watcher(client, watch, **options)
+            watcher = saltconsul_watch.Watcher(client, watch, **dict(options, **watch.options))
             watcher.step()  # the baseline (or a failure the thread backs off from)
             background = _Background(watcher, name)
             background.start()

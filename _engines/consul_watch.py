@@ -123,25 +123,6 @@ def _run_watch(opts, watch, options, emit, stop):
             stop.wait(_CRASH_PAUSE)
 
 
-def _watches(config, options, **build):
-    """
-    ``[(watch, watcher_options)]`` for the ``kv`` / ``services`` entries of
-    ``config``: the engine-wide ``options``, overridden by the timing keys a
-    mapping entry sets for itself (stripped before the entry is parsed, one
-    entry at a time, so each watch gets its own entry's options).
-    """
-    watches = []
-    for kind in ("kv", "services"):
-        for entry in config.get(kind) or []:
-            own = {}
-            if isinstance(entry, dict):
-                own = saltconsul_watch.watcher_options(entry)
-                entry = {k: v for k, v in entry.items() if k not in saltconsul_watch.WATCHER_OPTIONS}
-            for watch in saltconsul_watch.build_watches({kind: [entry]}, **build):
-                watches.append((watch, dict(options, **own)))
-    return watches
-
-
 def start(kv=None, services=None, tag_prefix=saltconsul_watch.TAG_PREFIX, layers=None, **options):
     """
     Run the watches until the process is stopped.
@@ -164,9 +145,9 @@ def start(kv=None, services=None, tag_prefix=saltconsul_watch.TAG_PREFIX, layers
         the way KV writes do, see docs/watch.md).
     """
     types = saltconsul_env.env_config(__opts__).get("types")
-    watches = _watches(
+    engine_options = saltconsul_watch.watcher_options(options)
+    watches = saltconsul_watch.build_watches(
         {"kv": kv, "services": services},
-        saltconsul_watch.watcher_options(options),
         tag_prefix=tag_prefix,
         layers=layers or saltconsul_watch.configured_layers(__opts__),
         types=types,
@@ -178,10 +159,10 @@ def start(kv=None, services=None, tag_prefix=saltconsul_watch.TAG_PREFIX, layers
     emit = _emitter(__opts__)
     stop = threading.Event()
     threads = []
-    for watch, watcher_options in watches:
+    for watch in watches:
         thread = threading.Thread(
             target=_run_watch,
-            args=(__opts__, watch, watcher_options, emit, stop),
+            args=(__opts__, watch, dict(engine_options, **watch.options), emit, stop),
             name=f"consul_watch-{watch.kind}-{watch.name}",
             daemon=True,
         )

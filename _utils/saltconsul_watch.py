@@ -415,7 +415,10 @@ def build_watches(config, tag_prefix=TAG_PREFIX, layers=None, types=None, known=
         services:
           - db                           # a name, or a mapping:
           - {name: web, tag: prod, dc: dc1, passing: true}
+          - {name: db, min_wait: 0.2}    # an entry's own Watcher timing
 
+    Each watch carries ``options``: the :data:`WATCHER_OPTIONS` its own entry
+    sets, which override the engine's or beacon's (``dict(shared, **watch.options)``).
     Raises ValueError on a malformed entry.
     """
     watches = []
@@ -424,25 +427,25 @@ def build_watches(config, tag_prefix=TAG_PREFIX, layers=None, types=None, known=
             entry = {"prefix": entry}
         if not isinstance(entry, dict) or "prefix" not in entry:
             raise ValueError(f"kv watch needs a prefix: {entry!r}")
-        watches.append(
-            KVWatch(
-                entry["prefix"], dc=entry.get("dc"), layers=layers, types=types, tag_prefix=tag_prefix, known=known
-            )
+        watch = KVWatch(
+            entry["prefix"], dc=entry.get("dc"), layers=layers, types=types, tag_prefix=tag_prefix, known=known
         )
+        watch.options = watcher_options(entry)
+        watches.append(watch)
     for entry in config.get("services") or []:
         if isinstance(entry, str):
             entry = {"name": entry}
         if not isinstance(entry, dict) or "name" not in entry:
             raise ValueError(f"service watch needs a name: {entry!r}")
-        watches.append(
-            ServiceWatch(
-                entry["name"],
-                dc=entry.get("dc"),
-                tag=entry.get("tag"),
-                passing=entry.get("passing", True),
-                tag_prefix=tag_prefix,
-            )
+        watch = ServiceWatch(
+            entry["name"],
+            dc=entry.get("dc"),
+            tag=entry.get("tag"),
+            passing=entry.get("passing", True),
+            tag_prefix=tag_prefix,
         )
+        watch.options = watcher_options(entry)
+        watches.append(watch)
     return watches
 
 
