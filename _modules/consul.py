@@ -1428,23 +1428,24 @@ def discover(
         found = []
     if found or not failover:
         return found
-    try:
-        if failover is True:
+    if failover is True:
+        try:
             failover = _failover_datacenters(local, token, refresh)
-        for other in failover:
-            try:
-                found = _discover_in(service, wanted, passing, other, near, token, refresh, remote=True)
-            except ConsulError as err:
-                if isinstance(err, ConsulUnreachable):
-                    raise
-                log.warning("consul.discover: datacenter %s cannot answer for %s (%s); asking the next", other, service, err)
-                unanswered.append((other, err))
-                continue
-            if found:
-                log.info("consul.discover: no %s instance in the local datacenter; using %s", service, other)
-                return found
-    except ConsulError as err:
-        unanswered.append(("the local agent", err))
+        except ConsulError as err:
+            unanswered.append(("the list of datacenters", err))
+            failover = []
+    for other in failover:
+        try:
+            found = _discover_in(service, wanted, passing, other, near, token, refresh, remote=True)
+        except ConsulError as err:
+            unanswered.append((_dc_label(other), err))
+            if isinstance(err, ConsulUnreachable):
+                break  # the agent every datacenter is asked through did not answer
+            log.warning("consul.discover: datacenter %s cannot answer for %s (%s); asking the next", other, service, err)
+            continue
+        if found:
+            log.info("consul.discover: no %s instance in the local datacenter; using %s", service, other)
+            return found
     if unanswered:
         raise CommandExecutionError(
             f"consul.discover failed: no {service} instance found and not every datacenter could answer: "
