@@ -313,10 +313,17 @@ def test_dc2_fully_down_then_back(dcs, salt, dc2_servers_down):
     dcs["dc2"].restart_servers()
     dcs["dc2"].restart("web02")
     dcs["dc2"].wait_members(timeout=60)
-    # Until web02's instance passes again in dc2 (its node's serfHealth and
-    # its TTL check), failover answers with dc1's: a discovery that degrades,
-    # then recovers by itself.
-    assert wait_for(lambda: passing_ids(dcs["dc2"], "web") == [f"web@{WEB02}"], 60), passing_ids(dcs["dc2"], "web")
+    # A restarted agent brings its TTL checks back critical until the
+    # application's next heartbeat: here, the heartbeat.
+    agent = dcs["dc2"].client("web02")
+    for check_id, check in agent.api_json("GET", "/v1/agent/checks").items():
+        if check.get("Type") == "ttl":
+            assert agent.api("PUT", f"/v1/agent/check/pass/{check_id}")[0] == 200
+    # Until web02's instance passes again in dc2, failover answers with dc1's:
+    # a discovery that degrades, then recovers by itself.
+    assert wait_for(lambda: passing_ids(dcs["dc2"], "web") == [f"web@{WEB02}"], 60), (
+        dcs["dc2"].live_server().api_json("GET", "/v1/health/service/web")
+    )
     assert discover(salt, WEB02, "web", "failover=['dc1']") == [instance(dcs, WEB02, remote=False)]
 
 
