@@ -336,6 +336,32 @@ class Cluster:
         self.wait_members({s.node_name: ALIVE for s in self.servers}, timeout=max(1.0, deadline - time.monotonic()))
         if self.wan_peer is not None:
             self.wait_wan(timeout=max(1.0, deadline - time.monotonic()))
+        self.wait_clients_serving(timeout=max(1.0, deadline - time.monotonic()))
+
+    def wait_clients_serving(self, timeout=30, streak=3):
+        """
+        Until every running client agent has forwarded ``streak`` writes in a
+        row (bounded). After the servers restart, a client's pooled
+        connections to the old server processes fail once each ("stream
+        closed") before it redials: the probe spends those failures here, not
+        in the next test. The probe key is deleted again.
+        """
+        deadline = time.monotonic() + timeout
+        for name, client in self.clients.items():
+            if not client.pid or getattr(client, "_paused", False):
+                continue
+            key = f"/v1/kv/_cluster_probe/{name}"
+            ok = 0
+            while ok < streak:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"client agent {name} not forwarding writes after {timeout}s")
+                try:
+                    ok = ok + 1 if client.api("PUT", key, b"1")[0] == 200 else 0
+                except (OSError, urllib.error.URLError):
+                    ok = 0
+                if not ok:
+                    time.sleep(0.2)
+            client.api("DELETE", key)
 
     def kill_leader(self):
         """kill -9 the current Raft leader; returns the killed server agent."""
