@@ -33,7 +33,7 @@ import threading
 
 import salt.utils.data
 import salt.utils.files
-from salt.exceptions import SaltInvocationError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import saltconsul_calls
 import saltconsul_env
@@ -56,6 +56,7 @@ from saltconsul_errors import (
     ConsulError,
     ConsulInvalidRequest,
     ConsulNotFound,
+    ConsulUnreachable,
 )
 
 log = logging.getLogger(__name__)
@@ -1335,8 +1336,9 @@ def _discover_entries(service, passing, dc, near, token, refresh):
         memo = __context__[DISCOVER_CONTEXT_KEY] = {"pid": os.getpid(), "thread": me, "answers": {}}
     answers = memo["answers"]
     if refresh or key not in answers:
-        with _consul("discover"):
-            answers[key] = _client(token).get(path, params={"passing": bool(passing), "near": near}, dc=dc) or []
+        # Errors propagate as ConsulError (never memoised): ``discover``
+        # decides per datacenter whether to fail or to ask the next one.
+        answers[key] = _client(token).get(path, params={"passing": bool(passing), "near": near}, dc=dc) or []
     return answers[key]
 
 
@@ -1383,7 +1385,17 @@ def discover(
         When ``dc`` (default: the local datacenter) has no matching instance:
         a list of datacenters to try in order, or True for every other known
         datacenter, nearest first. The first that has matching instances
-        answers; they are marked ``remote``.
+        answers; they are marked ``remote``. A local answer is returned
+        without asking any other datacenter.
+
+        When a datacenter cannot answer (Consul answers with an error: its
+        servers are down, no leader, no route to it) the next one is asked;
+        when the local agent itself does not answer (refused, timed out), the
+        search stops there, since every datacenter is asked through it. With
+        no instance found and any datacenter unanswered, the call fails with
+        an error naming each such datacenter and why (never an empty list
+        that would hide an outage); ``[]`` means every datacenter asked
+        answered and none has a matching instance.
 
     CLI Example:
 
@@ -1405,25 +1417,53 @@ def discover(
     _opt_str(near, "near")
     if failover is not None and failover is not True and failover is not False:
         failover = _str_list(failover, "failover")
-    found = _discover_in(service, wanted, passing, _dc(dc), near, token, refresh, remote=False)
+    local = _dc(dc)
+    unanswered = []  # (datacenter, ConsulError): asked and could not answer
+    try:
+        found = _discover_in(service, wanted, passing, local, near, token, refresh, remote=False)
+    except ConsulError as err:
+        if not failover or isinstance(err, ConsulUnreachable):
+            raise _fail("discover", err, where=_dc_label(local)) from err
+        unanswered.append((_dc_label(local), err))
+        found = []
     if found or not failover:
         return found
     if failover is True:
-        failover = _failover_datacenters(_dc(dc), token, refresh)
+        try:
+            failover = _failover_datacenters(local, token, refresh)
+        except ConsulError as err:
+            unanswered.append(("the list of datacenters", err))
+            failover = []
     for other in failover:
-        found = _discover_in(service, wanted, passing, other, near, token, refresh, remote=True)
+        try:
+            found = _discover_in(service, wanted, passing, other, near, token, refresh, remote=True)
+        except ConsulError as err:
+            unanswered.append((_dc_label(other), err))
+            if isinstance(err, ConsulUnreachable):
+                break  # the agent every datacenter is asked through did not answer
+            log.warning("consul.discover: datacenter %s cannot answer for %s (%s); asking the next", other, service, err)
+            continue
         if found:
             log.info("consul.discover: no %s instance in the local datacenter; using %s", service, other)
             return found
+    if unanswered:
+        raise CommandExecutionError(
+            f"consul.discover failed: no {service} instance found and not every datacenter could answer: "
+            + "; ".join(f"{where}: {saltconsul_calls.kind(err)}: {err}" for where, err in unanswered)
+        ) from unanswered[-1][1]
     return []
+
+
+def _dc_label(dc):
+    """A datacenter as error messages name it."""
+    return f"datacenter {dc}" if dc else "the local datacenter"
 
 
 def _failover_datacenters(dc, token, refresh):
     """Every known datacenter except the primary one, nearest first (memoised with the answers)."""
     memo = __context__[DISCOVER_CONTEXT_KEY]["answers"]
     if refresh or "datacenters" not in memo:
-        with _consul("discover"):
-            memo["datacenters"] = _client(token).get("/v1/catalog/datacenters") or []
+        memo["datacenters"] = _client(token).get("/v1/catalog/datacenters") or []
     known = memo["datacenters"]
     # Consul lists datacenters nearest first, so the agent's own comes first.
     primary = dc or _client(token).datacenter or (known[0] if known else None)

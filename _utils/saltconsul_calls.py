@@ -53,9 +53,13 @@ def kind(err):
     return "Consul error"
 
 
-def fail(operation, err):
-    """A Consul error as the CommandExecutionError Salt reports (no token in it)."""
-    return CommandExecutionError(f"consul.{operation} failed: {kind(err)}: {err}")
+def fail(operation, err, where=None):
+    """
+    A Consul error as the CommandExecutionError Salt reports (no token in it);
+    ``where`` (e.g. ``datacenter dc2``) names what could not answer.
+    """
+    place = f" in {where}" if where else ""
+    return CommandExecutionError(f"consul.{operation} failed{place}: {kind(err)}: {err}")
 
 
 @contextlib.contextmanager

@@ -433,14 +433,27 @@ class Store:
 
     def last_good(self, layers):
         """
-        ``(trees, oldest_fetched_at)`` from the last good copies (memory or
-        disk), or ``(None, missing_roots)`` if a layer has none.
+        ``(trees, oldest_fetched_at)`` from the last good copies, or ``(None,
+        missing_roots)`` if a layer has none.
+
+        Each layer's copy is the newer (by fetch time) of this process's
+        memory and the cache file: every master worker process keeps its own
+        memory copies, but all of them write the one file, so a worker that
+        has not compiled since a change holds an older copy in memory than
+        the file another worker wrote after the change. Memory alone would
+        serve that worker's older pillar during an outage.
         """
         trees = []
         oldest = None
         missing = []
         for root, mode, leaf_key in layers:
-            layer = self._known(self.layer_key(root, mode, leaf_key))
+            layer_key = self.layer_key(root, mode, leaf_key)
+            layer = self.layers.get(layer_key)
+            on_disk = self._read_file(layer_key)
+            if on_disk is not None and (layer is None or on_disk.fetched_at > layer.fetched_at):
+                # Kept in memory as read from disk (no epoch): never trusted as
+                # fresh by trees(), only as the last good copy.
+                layer = self.layers[layer_key] = on_disk
             if layer is None:
                 missing.append(root)
                 continue

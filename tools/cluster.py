@@ -7,6 +7,10 @@ per named node, each agent on its own loopback address, LAN-joined.
         cluster.kill("db01")               # kill -9 the node's agent
         cluster.kill_leader()              # kill -9 the current Raft leader
 
+    # A second datacenter, its servers WAN-joined to the first's:
+    with Cluster(nodes=["web01"]) as dc1, Cluster(nodes=["web02"], datacenter="dc2", wan_join=dc1) as dc2:
+        dc2.kill_servers()                 # the whole of dc2's control plane down
+
 What a production deployment is, at test scale: services register with the
 node's client agent, anti-entropy syncs them to the servers, a node's death is
 seen by gossip (``serfHealth``), and the Raft leader can change under load.
@@ -72,9 +76,27 @@ class Cluster:
         (``agent_tokens``: node name -> secret).
     gossip
         Serf LAN settings (default ``FAST_GOSSIP``; None for Consul's own).
+    wan_join
+        Another (started) ``Cluster``: this one's servers WAN-join its servers
+        (``retry_join_wan``, so a restarted server rejoins by itself) and
+        ``start`` waits until every server of both sees both datacenters.
+        ACLs across datacenters (a primary datacenter, token replication) are
+        not set up: use ``acl=False`` for both.
     """
 
-    def __init__(self, nodes=("node1", "node2"), servers=3, datacenter="dc1", acl=False, gossip=FAST_GOSSIP, log_dir=None):
+    def __init__(
+        self,
+        nodes=("node1", "node2"),
+        servers=3,
+        datacenter="dc1",
+        acl=False,
+        gossip=FAST_GOSSIP,
+        log_dir=None,
+        wan_join=None,
+    ):
+        if wan_join is not None and (acl or wan_join.acl):
+            raise ValueError("WAN-joined clusters are built without ACLs (no token replication here)")
+        self.wan_peer = wan_join
         self.datacenter = datacenter
         self.base = _base()
         self.workdir = tempfile.mkdtemp(prefix=f"consul-cluster-{datacenter}-")
@@ -100,6 +122,9 @@ class Cluster:
         joins = [server.serf_lan_addr for server in self.servers]
         for server in self.servers:
             server.retry_join = [addr for addr in joins if addr != server.serf_lan_addr]
+            if wan_join is not None:
+                server.extra_config["retry_join_wan"] = [peer.wan_addr for peer in wan_join.servers]
+                server.extra_config["retry_interval_wan"] = "1s"
         self.clients = {
             name: LocalConsul(
                 datacenter,
@@ -133,9 +158,27 @@ class Cluster:
         for agent in self.agents.values():
             agent.wait_ready(max(1.0, deadline - time.monotonic()))
         self.wait_members(timeout=max(1.0, deadline - time.monotonic()))
+        if self.wan_peer is not None:
+            self.wait_wan(timeout=max(1.0, deadline - time.monotonic()))
         if self.acl:
             self._issue_agent_tokens()
         return self
+
+    def wait_wan(self, timeout=30):
+        """Until every live server here and in ``wan_join`` lists both datacenters (bounded)."""
+        want = {self.datacenter, self.wan_peer.datacenter}
+        servers = [s for s in self.servers + self.wan_peer.servers if s.pid]
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = [set(s.api_json("GET", "/v1/catalog/datacenters") or ()) for s in servers]
+                if all(seen >= want for seen in last):
+                    return
+            except (OSError, RuntimeError, urllib.error.URLError, ValueError) as err:
+                last = err
+            time.sleep(0.2)
+        raise RuntimeError(f"datacenters {sorted(want)} not joined over the WAN after {timeout}s: {last}")
 
     def wait_acl_ready(self, timeout=60):
         """
@@ -275,6 +318,50 @@ class Cluster:
         agent._paused = False
         agent.start(timeout=timeout)
         return agent
+
+    def kill_servers(self):
+        """kill -9 every server (a datacenter's control plane down); client agents keep running."""
+        for server in self.servers:
+            server.kill()
+            server._paused = False
+
+    def restart_servers(self, timeout=90):
+        """Start every stopped server again with its data; wait (bounded) for a leader, the servers alive and the WAN."""
+        deadline = time.monotonic() + timeout
+        for server in self.servers:
+            if not server.pid:
+                server.start(wait=False)
+        for server in self.servers:
+            server.wait_ready(max(1.0, deadline - time.monotonic()))
+        self.wait_members({s.node_name: ALIVE for s in self.servers}, timeout=max(1.0, deadline - time.monotonic()))
+        if self.wan_peer is not None:
+            self.wait_wan(timeout=max(1.0, deadline - time.monotonic()))
+        self.wait_clients_serving(timeout=max(1.0, deadline - time.monotonic()))
+
+    def wait_clients_serving(self, timeout=30, streak=3):
+        """
+        Until every running client agent has forwarded ``streak`` writes in a
+        row (bounded). After the servers restart, a client's pooled
+        connections to the old server processes fail once each ("stream
+        closed") before it redials: the probe spends those failures here, not
+        in the next test. The probe key is deleted again.
+        """
+        deadline = time.monotonic() + timeout
+        for name, client in self.clients.items():
+            if not client.pid or getattr(client, "_paused", False):
+                continue
+            key = f"/v1/kv/_cluster_probe/{name}"
+            ok = 0
+            while ok < streak:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"client agent {name} not forwarding writes after {timeout}s")
+                try:
+                    ok = ok + 1 if client.api("PUT", key, b"1")[0] == 200 else 0
+                except (OSError, urllib.error.URLError):
+                    ok = 0
+                if not ok:
+                    time.sleep(0.2)
+            client.api("DELETE", key)
 
     def kill_leader(self):
         """kill -9 the current Raft leader; returns the killed server agent."""
