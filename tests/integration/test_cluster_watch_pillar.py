@@ -21,14 +21,13 @@ Uses the reactor examples in ``formulas/`` and the app state of
 """
 
 import contextlib
-import json
 import pathlib
 import time
 
 import pytest
 from cluster import Cluster
 from conftest import consul_opts, synced_minion
-from test_watch_react import applied_dir, react_tree  # noqa: F401  (fixtures)
+from test_watch_react import _wait_orchestrations, _wait_rerenders, applied_dir, react_tree  # noqa: F401  (fixtures)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MASTER_ID = "cluster-react-master"
@@ -105,19 +104,8 @@ def kv_events(event_listener, after):
     return sorted(event_listener.get_events([(MASTER_ID, KV_TAG)], after_time=after), key=lambda e: e.stamp)
 
 
-def wait_orchestrations(event_listener, after, marker, timeout=180):
-    """Until an orchestrate run whose arguments mention ``marker`` returned after ``after`` (bounded)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        rets = [
-            e
-            for e in event_listener.get_events([(MASTER_ID, "salt/run/*/ret")], after_time=after)
-            if e.data.get("fun") == "runner.state.orchestrate" and marker in json.dumps(e.data.get("fun_args"))
-        ]
-        if rets:
-            return rets
-        time.sleep(1)
-    pytest.fail(f"no orchestration for {marker} finished in {timeout}s")
+def wait_orchestrations(event_listener, after, marker):
+    return _wait_orchestrations(event_listener, after, marker, master_id=MASTER_ID)
 
 
 def wait_engine_live(agent, event_listener):
@@ -179,7 +167,8 @@ def test_service_turning_healthy_on_a_node_rerenders_prod_configs(cluster, minio
         assert event_listener.wait_for_events(
             [(MASTER_ID, "salt/consul/service/db")], timeout=60, after_time=after
         ).found_all_events
-        wait_orchestrations(event_listener, after, '"port": 5432')
+        # One batch of targets: the reactor publishes the re-render job itself.
+        _wait_rerenders(event_listener, after, '"port": 5432', minions=tuple(PROD), master_id=MASTER_ID)
         for mid in PROD:
             assert conf[mid].read_text().strip() == "db=5432"
         assert not conf[DEV].exists()

@@ -123,7 +123,7 @@ def _kv_events(event_listener, after):
     )
 
 
-def _wait_orchestrations(event_listener, after, marker, count=1, timeout=180):
+def _wait_orchestrations(event_listener, after, marker, count=1, timeout=180, master_id=MASTER_ID):
     """
     Wait until ``count`` orchestrate runs whose arguments (the event handed
     over as pillar) mention ``marker`` returned after ``after``; return them.
@@ -132,7 +132,7 @@ def _wait_orchestrations(event_listener, after, marker, count=1, timeout=180):
     while time.time() < deadline:
         rets = [
             e
-            for e in event_listener.get_events([(MASTER_ID, "salt/run/*/ret")], after_time=after)
+            for e in event_listener.get_events([(master_id, "salt/run/*/ret")], after_time=after)
             if e.data.get("fun") == "runner.state.orchestrate" and marker in json.dumps(e.data.get("fun_args"))
         ]
         if len(rets) >= count:
@@ -141,7 +141,7 @@ def _wait_orchestrations(event_listener, after, marker, count=1, timeout=180):
     pytest.fail(f"{count} orchestration(s) for {marker} did not finish in {timeout}s")
 
 
-def _wait_rerenders(event_listener, after, marker, minions=tuple(PROD), timeout=180):
+def _wait_rerenders(event_listener, after, marker, minions=tuple(PROD), timeout=180, master_id=MASTER_ID):
     """
     Wait until each of ``minions`` returned a ``state.sls`` job whose arguments
     (the healthy list handed over as pillar) mention ``marker``; return the returns.
@@ -150,7 +150,7 @@ def _wait_rerenders(event_listener, after, marker, minions=tuple(PROD), timeout=
     while time.time() < deadline:
         rets = [
             e
-            for e in event_listener.get_events([(MASTER_ID, "salt/job/*/ret/*")], after_time=after)
+            for e in event_listener.get_events([(master_id, "salt/job/*/ret/*")], after_time=after)
             if e.data.get("fun") == "state.sls" and marker in json.dumps(e.data.get("fun_args"))
         ]
         if {e.data.get("id") for e in rets} >= set(minions):
