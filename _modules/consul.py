@@ -1424,6 +1424,7 @@ def discover(
     except ConsulError as err:
         if not failover or isinstance(err, ConsulUnreachable):
             raise _fail("discover", err, where=_dc_label(local)) from err
+        log.warning("consul.discover: %s cannot answer for %s (%s); trying failover", _dc_label(local), service, err)
         unanswered.append((_dc_label(local), err))
         found = []
     if found or not failover:
