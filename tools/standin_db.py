@@ -91,9 +91,10 @@ def _handler(role_file):
 
 
 def serve(port, role_file, pid_file=None, daemon=False):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _handler(role_file))
+    # The role exists before the port answers: whoever sees the port open can read it.
     if not os.path.exists(role_file):
         write_role(role_file, "replica")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _handler(role_file))
     if daemon:
         # Classic double fork, so a state's cmd.run returns while the server lives on.
         if os.fork():
