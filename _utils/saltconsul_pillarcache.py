@@ -37,7 +37,8 @@ Outages
 -------
 
 Every fetched layer is also written to ``<cache_dir>/<sha256>.p`` (mode 0600,
-atomic replace), keyed by Consul address, datacenter, token hash, prefix and
+atomic replace under a lock file, never replacing a newer fetch with an older
+one), keyed by Consul address, datacenter, token hash, prefix and
 decoding options, so other master processes share it and a restarted master
 still has a last good copy.
 """
@@ -50,6 +51,11 @@ import os
 import tempfile
 import threading
 import time
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import salt.payload
 import salt.utils.msgpack
@@ -353,25 +359,51 @@ class Store:
             log.warning("consul pillar: ignoring unreadable cache file %s: %s", path, type(err).__name__)
             return None
 
+    @contextlib.contextmanager
+    def _file_lock(self):
+        """
+        Serialise cache-file writes between the master's worker processes.
+
+        Without it a worker that fetched earlier but writes later (a slow
+        compile) replaces a newer copy another worker wrote: the file would
+        go back in time, and an outage would serve the older pillar.
+        """
+        if fcntl is None:  # no flock (Windows): atomic replace only
+            yield
+            return
+        fd = os.open(os.path.join(self.cache_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
     def _write_file(self, layer_key, layer):
-        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+        """Write ``layer``'s cache file unless the file already holds a newer fetch."""
         payload = _dumps(
             {"root": layer.root, "index": layer.index, "fetched_at": layer.fetched_at, "blob": layer.blob}
         )
-        # mkstemp creates the file 0600; os.replace makes the swap atomic for
-        # the other master processes reading it.
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".p")
+        tmp = None
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self._file(layer_key))
+            os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+            with self._file_lock():
+                on_disk = self._read_file(layer_key)
+                if on_disk is not None and on_disk.fetched_at > layer.fetched_at:
+                    return
+                # mkstemp creates the file 0600; os.replace makes the swap
+                # atomic for the other master processes reading it.
+                fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".p")
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(payload)
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, self._file(layer_key))
+                tmp = None
         except OSError as err:
             log.warning("consul pillar: cannot write cache file in %s: %s", self.cache_dir, err.strerror)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     def _known(self, layer_key):
         """The newest copy of a layer we have: memory, else disk (then kept in memory)."""

@@ -39,10 +39,21 @@ def test_last_good_is_the_newest_copy_any_worker_fetched(own_consul, make_opts):
         with pytest.raises(saltconsul_pillarcache.ConsulError):
             worker_a.trees(layers)
         assert worker_a.last_good(layers) == ([{"db": {"pool": "2", "host": "db2"}}], newest)
-        # An older file (a slower worker's late write) never hides a newer copy in memory.
-        worker_a._write_file(worker_a.layer_key(*layers[0]), saltconsul_pillarcache.Layer(
+        # A slower worker's late write of an older fetch does not replace the
+        # newer file: a third worker (a restarted master) still finds the newest.
+        layer_key = worker_a.layer_key(*layers[0])
+        worker_a._write_file(layer_key, saltconsul_pillarcache.Layer(
             layers[0][0], 1, newest - 60, saltconsul_pillarcache._dumps({"db": {"pool": "1"}})))
-        assert worker_b.last_good(layers) == ([{"db": {"pool": "2", "host": "db2"}}], newest)
+        assert worker_a._read_file(layer_key).fetched_at == newest
+        worker_c = saltconsul_pillarcache.Store(opts, cache_dir, prefix, "always")
+        assert worker_c.last_good(layers) == ([{"db": {"pool": "2", "host": "db2"}}], newest)
+        worker_c.client.close()
+        worker_c.watcher.client.close()
+        # A newer fetch does replace the file.
+        worker_a._write_file(layer_key, saltconsul_pillarcache.Layer(
+            layers[0][0], 1, newest + 60, saltconsul_pillarcache._dumps({"db": {"pool": "3"}})))
+        assert worker_a._read_file(layer_key).fetched_at == newest + 60
+        assert not [name for name in os.listdir(cache_dir) if name.startswith(".tmp-")]
     finally:
         for store in (worker_a, worker_b):
             store.client.close()
