@@ -19,8 +19,10 @@ import re
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -141,6 +143,38 @@ def distinct_ports(host, pickers, taken=(), tries=50):
         else:
             raise RuntimeError(f"no distinct free port for {name} on {host}")
     return ports
+
+
+class TcpTarget:
+    """
+    A TCP port on loopback that accepts connections while ``up``: what a
+    service's ``tcp`` health check probes (a stand-in DB port). ``down()``
+    closes it, so the check goes critical; ``up()`` reopens the same port.
+    """
+
+    class _Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            pass
+
+    class _Server(socketserver.ThreadingTCPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+
+    def __init__(self):
+        self.port = None
+        self.server = None
+        self.up()
+
+    def up(self):
+        self.server = self._Server(("127.0.0.1", self.port or 0), self._Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def down(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
 
 class LocalConsul:

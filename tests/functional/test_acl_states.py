@@ -8,7 +8,6 @@ return, a comment or a log record, only in its 0600 file.
 """
 
 import logging
-import os
 import stat
 import uuid
 

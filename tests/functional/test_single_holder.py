@@ -13,7 +13,6 @@ more than one lock holder, never a passing instance other than the holder's.
 
 import copy
 import multiprocessing
-import socketserver
 import threading
 import time
 import uuid
@@ -22,38 +21,15 @@ import pytest
 import salt.loader
 from conftest import lock_state, wait_for
 
+import localconsul
+
 PRIMARY = "db01.prod.gg.mydc1.example.com"
 REPLICA = "db02.prod.gg.mydc1.example.com"
 LOCK_DELAY = 1.0
 ROUNDS = 10  # per order, as the issue asks
 
 
-class FakeDB:
-    """A TCP port that accepts connections while 'up' (what the check probes)."""
-
-    class _Handler(socketserver.BaseRequestHandler):
-        def handle(self):
-            pass
-
-    class _Server(socketserver.ThreadingTCPServer):
-        allow_reuse_address = True
-        daemon_threads = True
-
-    def __init__(self):
-        self.port = None
-        self.server = None
-        self.up()
-
-    def up(self):
-        self.server = self._Server(("127.0.0.1", self.port or 0), self._Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def down(self):
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+FakeDB = localconsul.TcpTarget  # the DB port a node's check probes
 
 
 class Minion:

@@ -14,12 +14,12 @@ They are module-scoped: a module that kills a node gets a fresh cluster.
 import contextlib
 import os
 import signal
-import socketserver
-import threading
 
 import pytest
-from cluster import Cluster
 from conftest import synced_master, synced_minion
+
+import localconsul
+from cluster import Cluster
 
 DB01 = "db01.prod.gg.mydc1.example.com"
 DB02 = "db02.prod.gg.mydc1.example.com"
@@ -73,32 +73,7 @@ def kill_minion(factory):
             os.kill(child.pid, signal.SIGKILL)
 
 
-class FakeDB:
-    """A TCP port that accepts connections while 'up': what a node's DB check probes."""
-
-    class _Handler(socketserver.BaseRequestHandler):
-        def handle(self):
-            pass
-
-    class _Server(socketserver.ThreadingTCPServer):
-        allow_reuse_address = True
-        daemon_threads = True
-
-    def __init__(self):
-        self.port = None
-        self.server = None
-        self.up()
-
-    def up(self):
-        self.server = self._Server(("127.0.0.1", self.port or 0), self._Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def down(self):
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+FakeDB = localconsul.TcpTarget  # the DB port a node's check probes
 
 
 def state_results(ret):

@@ -5,7 +5,6 @@ The extension loads both ways a Salt user installs it:
 * ``pip install`` with the ``salt.loader`` entry point and no file_roots at all.
 """
 
-import inspect
 import json
 import os
 import pathlib
@@ -14,14 +13,9 @@ import subprocess
 import sys
 
 import pytest
-import salt.modules.pillar
 import salt.utils.yaml
 
 from conftest import DEV_MINION, PROD_MINION, REPO, UNMASK
-
-# Salt 3008 masks pillar values in pillar.get/items output unless asked not to;
-# 3006 has no such option (and refuses an unknown one).
-UNMASK = ("unmask=True",) if "unmask" in inspect.signature(salt.modules.pillar.get).parameters else ()
 
 
 def test_sync_all_minion_side(prod_minion, dev_minion, salt_cli):
