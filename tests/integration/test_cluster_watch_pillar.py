@@ -27,7 +27,15 @@ import time
 import pytest
 from cluster import Cluster
 from conftest import consul_opts, synced_minion
-from test_watch_react import _wait_orchestrations, _wait_rerenders, applied_dir, react_tree  # noqa: F401  (fixtures)
+from test_watch_react import (  # noqa: F401  (fixtures)
+    _applies as applies,
+    _kv_events,
+    _wait_orchestrations,
+    _wait_rerenders,
+    applied_dir,
+    react_master_overrides,
+    react_tree,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MASTER_ID = "cluster-react-master"
@@ -50,40 +58,16 @@ def master(salt_factories, cluster, react_tree, tmp_path_factory):  # noqa: F811
     (pillar_root / "top.sls").write_text("base: {}\n")
     factory = salt_factories.salt_master_daemon(
         MASTER_ID,
-        overrides={
-            "file_roots": {"base": [str(react_tree), str(REPO / "formulas")]},
-            "pillar_roots": {"base": [str(pillar_root)]},
-            "engines_dirs": [str(REPO / "_engines")],
-            "runner_dirs": [str(REPO / "_runners")],
-            "utils_dirs": [str(REPO / "_utils")],
-            "pillar_dirs": [str(REPO / "_pillar")],
-            "ext_pillar": [{"consul": {}}],
+        overrides=react_master_overrides(
+            react_tree,
             # The master node's own client agent, as in production.
-            "consul": consul_opts(cluster.client(MASTER_NODE)),
-            "engines": [
-                {
-                    "consul_watch": {
-                        "kv": ["config/"],
-                        "services": ["db"],
-                        "min_wait": 2,
-                        "max_wait": 20,
-                        "wait": 30,
-                        "min_interval": 0.2,
-                        "backoff": 0.5,
-                        "backoff_max": 2,
-                    }
-                }
-            ],
-            "reactor": [
-                {KV_TAG: ["salt://reactor/consul_kv.sls"]},
-                {"salt/consul/service/*": ["salt://reactor/consul_service.sls"]},
-            ],
-            "consul_react": {
-                "kv": {"sls": "consulapp", "batch_size": 1, "splay": 1},
-                "services": {"db": {"sls": "consulapp.config", "type": "prod", "group": "gg"}},
-            },
-            "log_level_logfile": "debug",
-        },
+            consul_opts(cluster.client(MASTER_NODE)),
+            ["db"],
+            {"db": {"sls": "consulapp.config", "type": "prod", "group": "gg"}},
+            pillar_roots={"base": [str(pillar_root)]},
+            pillar_dirs=[str(REPO / "_pillar")],
+            ext_pillar=[{"consul": {}}],
+        ),
     )
     with factory.started():
         yield factory
@@ -95,13 +79,8 @@ def minions(master, cluster):
         yield {mid: stack.enter_context(synced_minion(master, cluster.client(node), mid)) for mid, node in NODES.items()}
 
 
-def applies(applied_dir, mid):  # noqa: F811
-    path = applied_dir / f"{mid}.log"
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 def kv_events(event_listener, after):
-    return sorted(event_listener.get_events([(MASTER_ID, KV_TAG)], after_time=after), key=lambda e: e.stamp)
+    return _kv_events(event_listener, after, master_id=MASTER_ID)
 
 
 def wait_orchestrations(event_listener, after, marker):

@@ -57,45 +57,61 @@ def react_tree(tmp_path_factory, applied_dir):
     return root
 
 
+def react_master_overrides(react_tree, consul, services, react_services, **extra):
+    """
+    A master that runs the ``consul_watch`` engine and the reactor examples
+    of ``formulas/``: KV under ``config/`` re-applies ``consulapp``, each of
+    ``services`` re-renders ``consulapp.config`` (``react_services``).
+    Shared with the cluster scenarios (``test_cluster_watch_pillar.py``).
+    """
+    return {
+        "file_roots": {"base": [str(react_tree), str(REPO / "formulas")]},
+        "engines_dirs": [str(REPO / "_engines")],
+        "runner_dirs": [str(REPO / "_runners")],
+        "utils_dirs": [str(REPO / "_utils")],
+        "consul": consul,
+        "engines": [
+            {
+                "consul_watch": {
+                    "kv": ["config/"],
+                    "services": services,
+                    "min_wait": 2,
+                    "max_wait": 20,
+                    "wait": 30,
+                    "min_interval": 0.2,
+                    "backoff": 0.5,
+                    "backoff_max": 2,
+                }
+            }
+        ],
+        "reactor": [
+            {KV_TAG: ["salt://reactor/consul_kv.sls"]},
+            {"salt/consul/service/*": ["salt://reactor/consul_service.sls"]},
+        ],
+        "consul_react": {
+            "kv": {"sls": "consulapp", "batch_size": 1, "splay": 1},
+            "services": react_services,
+        },
+        "log_level_logfile": "debug",
+        **extra,
+    }
+
+
 @pytest.fixture(scope="module")
 def react_master(salt_factories, react_consul, react_tree):
     factory = salt_factories.salt_master_daemon(
         MASTER_ID,
-        overrides={
-            "file_roots": {"base": [str(react_tree), str(REPO / "formulas")]},
-            "engines_dirs": [str(REPO / "_engines")],
-            "runner_dirs": [str(REPO / "_runners")],
-            "utils_dirs": [str(REPO / "_utils")],
-            "consul": {"address": react_consul.http_addr, "retries": 0},
-            "engines": [
-                {
-                    "consul_watch": {
-                        "kv": ["config/"],
-                        # db reports after 0.5 s of quiet, KV after 2 s (per-entry timing).
-                        "services": [{"name": "db", "min_wait": 0.5}, "cache"],
-                        "min_wait": 2,
-                        "max_wait": 20,
-                        "wait": 30,
-                        "min_interval": 0.2,
-                        "backoff": 0.5,
-                        "backoff_max": 2,
-                    }
-                }
-            ],
-            "reactor": [
-                {KV_TAG: ["salt://reactor/consul_kv.sls"]},
-                {"salt/consul/service/*": ["salt://reactor/consul_service.sls"]},
-            ],
-            "consul_react": {
-                "kv": {"sls": "consulapp", "batch_size": 1, "splay": 1},
-                "services": {
-                    "db": {"sls": "consulapp.config", "type": "prod", "group": "gg"},
-                    # More minions than batch_size: rolled out by the orchestration.
-                    "cache": {"sls": "consulapp.config", "type": "prod", "group": "gg", "batch_size": 1, "splay": 1},
-                },
+        overrides=react_master_overrides(
+            react_tree,
+            {"address": react_consul.http_addr, "retries": 0},
+            # db reports after 0.5 s of quiet, KV after 2 s (per-entry timing).
+            [{"name": "db", "min_wait": 0.5}, "cache"],
+            {
+                "db": {"sls": "consulapp.config", "type": "prod", "group": "gg"},
+                # More minions than batch_size: rolled out by the orchestration.
+                "cache": {"sls": "consulapp.config", "type": "prod", "group": "gg", "batch_size": 1, "splay": 1},
             },
-            "log_level_logfile": "debug",
-        },
+        ),
     )
     with factory.started():
         yield factory
@@ -117,9 +133,9 @@ def _applies(applied_dir, mid):
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def _kv_events(event_listener, after):
+def _kv_events(event_listener, after, master_id=MASTER_ID):
     return sorted(
-        event_listener.get_events([(MASTER_ID, KV_TAG)], after_time=after), key=lambda e: e.stamp
+        event_listener.get_events([(master_id, KV_TAG)], after_time=after), key=lambda e: e.stamp
     )
 
 
