@@ -11,6 +11,11 @@ per named node, each agent on its own loopback address, LAN-joined.
     with Cluster(nodes=["web01"]) as dc1, Cluster(nodes=["web02"], datacenter="dc2", wan_join=dc1) as dc2:
         dc2.kill_servers()                 # the whole of dc2's control plane down
 
+    # The same with ACLs: dc1 is the primary datacenter, dc2 replicates its
+    # policies and tokens (acl=True on both):
+    with Cluster(acl=True) as dc1, Cluster(datacenter="dc2", acl=True, wan_join=dc1) as dc2:
+        dc2.wait_acl_replicated()
+
 What a production deployment is, at test scale: services register with the
 node's client agent, anti-entropy syncs them to the servers, a node's death is
 seen by gossip (``serfHealth``), and the Raft leader can change under load.
@@ -80,8 +85,13 @@ class Cluster:
         Another (started) ``Cluster``: this one's servers WAN-join its servers
         (``retry_join_wan``, so a restarted server rejoins by itself) and
         ``start`` waits until every server of both sees both datacenters.
-        ACLs across datacenters (a primary datacenter, token replication) are
-        not set up: use ``acl=False`` for both.
+        With ACLs (``acl`` must be the same for both) the joined cluster's
+        datacenter is the *primary* one (``primary_datacenter`` of every
+        agent here): this cluster shares its management token, replicates
+        its policies and (``enable_token_replication``, with the management
+        token as replication token: a lab shortcut) its global tokens, and
+        gives its own agents *local* tokens (``Local``: they exist only
+        here, as Consul requires of tokens made outside the primary).
     """
 
     def __init__(
@@ -94,17 +104,26 @@ class Cluster:
         log_dir=None,
         wan_join=None,
     ):
-        if wan_join is not None and (acl or wan_join.acl):
-            raise ValueError("WAN-joined clusters are built without ACLs (no token replication here)")
+        if wan_join is not None and bool(acl) != bool(wan_join.acl):
+            raise ValueError("WAN-joined clusters need ACLs on both or on neither")
         self.wan_peer = wan_join
         self.datacenter = datacenter
         self.base = _base()
         self.workdir = tempfile.mkdtemp(prefix=f"consul-cluster-{datacenter}-")
         self.log_dir = log_dir or self.workdir
         self.acl = acl
-        self.master_token = ("root-" + os.urandom(8).hex()) if acl else None
+        # With ACLs, a WAN-joined cluster is a secondary of the joined one's primary.
+        self.primary_datacenter = wan_join.primary_datacenter if (acl and wan_join) else datacenter
+        if acl and wan_join is not None:
+            self.master_token = wan_join.master_token
+        else:
+            self.master_token = ("root-" + os.urandom(8).hex()) if acl else None
         self.agent_tokens = {}
         extra = {"gossip_lan": dict(gossip)} if gossip else {}
+        replication = None
+        if self.secondary:
+            extra["primary_datacenter"] = self.primary_datacenter
+            replication = self.master_token
         self.servers = [
             LocalConsul(
                 datacenter,
@@ -116,6 +135,7 @@ class Cluster:
                 extra_config=dict(extra),
                 log_dir=self.log_dir,
                 bootstrap_expect=servers,
+                acl_replication_token=replication,
             )
             for n in range(servers)
         ]
@@ -144,6 +164,11 @@ class Cluster:
     # ------------------------------------------------------------------ life cycle
 
     @property
+    def secondary(self):
+        """True for a WAN-joined cluster with ACLs: its tokens come from the primary datacenter."""
+        return bool(self.acl) and self.primary_datacenter != self.datacenter
+
+    @property
     def agents(self):
         """Every agent by node name (servers and clients)."""
         found = {server.node_name: server for server in self.servers}
@@ -162,6 +187,8 @@ class Cluster:
             self.wait_wan(timeout=max(1.0, deadline - time.monotonic()))
         if self.acl:
             self._issue_agent_tokens()
+        if self.secondary:
+            self.wait_acl_replicated(timeout=max(1.0, deadline - time.monotonic()))
         return self
 
     def wait_wan(self, timeout=30):
@@ -196,6 +223,28 @@ class Cluster:
             time.sleep(0.25)
         raise RuntimeError(f"ACLs not ready after {timeout}s: {last}")
 
+    def wait_acl_replicated(self, token=None, timeout=60):
+        """
+        Until every live server of this secondary datacenter replicates
+        tokens, and (with ``token``, a secret made in the primary) knows that
+        token; bounded. A secondary answers "ACL not found" for a global
+        token until its replication has fetched it.
+        """
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = [s.api_json("GET", "/v1/acl/replication") for s in self.servers if s.pid]
+                ready = all(r.get("Running") and r.get("ReplicationType") == "tokens" and r.get("ReplicatedTokenIndex") for r in last)
+                if ready and token is not None:
+                    ready = all(s.api("GET", "/v1/acl/token/self", token=token)[0] == 200 for s in self.servers if s.pid)
+                if ready:
+                    return
+            except (OSError, RuntimeError, urllib.error.URLError, ValueError) as err:
+                last = err
+            time.sleep(0.25)
+        raise RuntimeError(f"ACL token replication in {self.datacenter} not ready after {timeout}s: {last}")
+
     def _issue_agent_tokens(self):
         """A token per agent, limited to its own node; the management token stays with the test."""
         self.wait_acl_ready()
@@ -207,6 +256,8 @@ class Cluster:
                 {
                     "Description": f"agent token of {name}",
                     "NodeIdentities": [{"NodeName": name, "Datacenter": self.datacenter}],
+                    # Outside the primary datacenter a token made here must be local.
+                    "Local": self.secondary,
                 },
             )
             secret = token["SecretID"]

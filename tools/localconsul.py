@@ -195,8 +195,12 @@ class LocalConsul:
         bootstrap_expect=1,
         retry_join=None,
         acl_agent_token=None,
+        acl_replication_token=None,
     ):
         self.datacenter = datacenter
+        # In a secondary datacenter (``primary_datacenter`` in extra_config
+        # names another one): replicate the primary's tokens with this token.
+        self.acl_replication_token = acl_replication_token
         # server=False: a client agent (no Raft, forwards to the servers it
         # joins through retry_join, a list of "addr:serf_lan_port").
         self.server = server
@@ -281,6 +285,9 @@ class LocalConsul:
             }
             if self.server:
                 conf["acl"]["tokens"]["master"] = self.master_token
+            if self.acl_replication_token:
+                conf["acl"]["enable_token_replication"] = True
+                conf["acl"]["tokens"]["replication"] = self.acl_replication_token
         for key, value in self.extra_config.items():
             conf[key] = value
         return adapt_config(conf, consul_version())
