@@ -176,20 +176,66 @@ class Cluster:
         return found
 
     def start(self, timeout=90):
-        """Start every agent, then wait (bounded) for a leader and every member alive."""
-        for agent in self.agents.values():
-            agent.start(wait=False)
+        """
+        Start every agent, then wait (bounded) for a leader and every member
+        alive. With ACLs the servers come first and the client agents only
+        once the servers have left ACL legacy mode: a Consul 1.8 client agent
+        looks for that with a doubling interval (up to 30 s) and was seen to
+        stay in legacy mode for 80 s when started with the servers of a
+        secondary datacenter; meanwhile it resolves every token in the
+        primary datacenter, so a token it first sees while the primary is
+        down is refused although the secondary has it.
+        """
         deadline = time.monotonic() + timeout
-        for agent in self.agents.values():
-            agent.wait_ready(max(1.0, deadline - time.monotonic()))
-        self.wait_members(timeout=max(1.0, deadline - time.monotonic()))
+
+        def left():
+            return max(1.0, deadline - time.monotonic())
+
+        first = self.servers if self.acl else list(self.agents.values())
+        for agent in first:
+            agent.start(wait=False)
+        for agent in first:
+            agent.wait_ready(left())
+        if self.acl:
+            self.wait_members({s.node_name: ALIVE for s in self.servers}, timeout=left())
+            if self.wan_peer is not None:
+                self.wait_wan(timeout=left())
+            self.wait_acl_mode(self.servers, timeout=left())
+            for agent in self.clients.values():
+                agent.start(wait=False)
+            for agent in self.clients.values():
+                agent.wait_ready(left())
+        self.wait_members(timeout=left())
         if self.wan_peer is not None:
-            self.wait_wan(timeout=max(1.0, deadline - time.monotonic()))
+            self.wait_wan(timeout=left())
         if self.acl:
             self._issue_agent_tokens()
+            self.wait_acl_mode(self.agents.values(), timeout=left())
         if self.secondary:
-            self.wait_acl_replicated(timeout=max(1.0, deadline - time.monotonic()))
+            self.wait_acl_replicated(timeout=left())
         return self
+
+    @staticmethod
+    def wait_acl_mode(agents, timeout=60):
+        """
+        Until none of ``agents`` is in ACL legacy mode (its ``/v1/agent/self``
+        stats say so on Consul 1.4-1.10; later versions have no legacy mode); bounded.
+        """
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = {
+                    a.node_name: a.api_json("GET", "/v1/agent/self")["Stats"]["consul"].get("acl")
+                    for a in agents
+                    if a.pid
+                }
+                if "legacy" not in last.values():
+                    return
+            except (OSError, RuntimeError, urllib.error.URLError, ValueError, KeyError) as err:
+                last = err
+            time.sleep(0.2)
+        raise RuntimeError(f"agents still in ACL legacy mode after {timeout}s: {last}")
 
     def wait_wan(self, timeout=30):
         """Until every live server here and in ``wan_join`` lists both datacenters (bounded)."""
@@ -226,24 +272,13 @@ class Cluster:
     def wait_acl_replicated(self, token=None, timeout=60):
         """
         Until every live server of this secondary datacenter replicates
-        tokens, and (with ``token``, a secret made in the primary) knows that
-        token; bounded. A secondary answers "ACL not found" for a global
-        token until its replication has fetched it.
+        tokens and (with ``token``) knows that token; bounded
+        (``LocalConsul.wait_acl_replicated``).
         """
         deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                last = [s.api_json("GET", "/v1/acl/replication") for s in self.servers if s.pid]
-                ready = all(r.get("Running") and r.get("ReplicationType") == "tokens" and r.get("ReplicatedTokenIndex") for r in last)
-                if ready and token is not None:
-                    ready = all(s.api("GET", "/v1/acl/token/self", token=token)[0] == 200 for s in self.servers if s.pid)
-                if ready:
-                    return
-            except (OSError, RuntimeError, urllib.error.URLError, ValueError) as err:
-                last = err
-            time.sleep(0.25)
-        raise RuntimeError(f"ACL token replication in {self.datacenter} not ready after {timeout}s: {last}")
+        for server in self.servers:
+            if server.pid:
+                server.wait_acl_replicated(token, timeout=max(1.0, deadline - time.monotonic()))
 
     def _issue_agent_tokens(self):
         """A token per agent, limited to its own node; the management token stays with the test."""

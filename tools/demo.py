@@ -150,8 +150,10 @@ def main():
     dc1 = localconsul.LocalConsul("mydc1", acl=True, node_name="agent-mydc1", log_dir=workdir)
     dc2 = localconsul.LocalConsul(
         "mydc2", acl=True, master_token=dc1.master_token, node_name="agent-mydc2", log_dir=workdir,
-        # A secondary ACL datacenter: tokens and policies are the primary's.
+        # A secondary ACL datacenter: tokens and policies are the primary's,
+        # replicated (so mydc2 keeps working while mydc1 is down, docs/acl.md).
         extra_config={"primary_datacenter": "mydc1", "retry_join_wan": [dc1.wan_addr]},
+        acl_replication_token=dc1.master_token,
     )
     standins = {}
     fleet = None
@@ -168,6 +170,9 @@ def main():
         heading("The shipped least-privilege policies: state.apply consul.acl (management token, once)")
         files, ret = acl_bootstrap(workdir, dc1)
         line(f"consul.acl: {summary(ret)}")
+        for path in files.values():  # made in mydc1: usable in mydc2 once replicated
+            dc2.wait_acl_replicated(token=pathlib.Path(path).read_text().strip(), timeout=60)
+        line("mydc2 replicated the tokens (it keeps working while mydc1 is down)")
         for policy in sorted(p["Name"] for p in dc1.api_json("GET", "/v1/acl/policies") if p["Name"].startswith("salt-")):
             rules = dc1.api_json("GET", f"/v1/acl/policy/name/{policy}")["Rules"]
             kinds = sorted({r.split()[0] for r in rules.splitlines() if r and not r.startswith("#")})

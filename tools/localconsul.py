@@ -292,6 +292,26 @@ class LocalConsul:
             conf[key] = value
         return adapt_config(conf, consul_version())
 
+    def wait_acl_replicated(self, token=None, timeout=60):
+        """
+        Until this server of a secondary datacenter replicates tokens and
+        (with ``token``, a secret made in the primary) knows that token;
+        bounded. A secondary answers "ACL not found" for a global token
+        until its replication has fetched it.
+        """
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.api_json("GET", "/v1/acl/replication")
+                ready = last.get("Running") and last.get("ReplicationType") == "tokens" and last.get("ReplicatedTokenIndex")
+                if ready and (token is None or self.api("GET", "/v1/acl/token/self", token=token)[0] == 200):
+                    return
+            except (OSError, RuntimeError, urllib.error.URLError, ValueError) as err:
+                last = err
+            time.sleep(0.25)
+        raise RuntimeError(f"ACL token replication on {self.node_name} not ready after {timeout}s: {last}")
+
     @property
     def serf_lan_addr(self):
         return f"{self.bind}:{self.ports['serf_lan']}"

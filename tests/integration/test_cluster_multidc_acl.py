@@ -151,7 +151,8 @@ def call(minions, mid, *args):
 def apply(minions, mid, sls):
     """``state.apply sls``: {state id: (result, changes)}, every state True."""
     ret = call(minions, mid, "state.apply", sls)
-    assert ret.returncode == 0 and isinstance(ret.data, dict) and ret.data, ret
+    assert isinstance(ret.data, dict) and ret.data, ret
+    assert ret.returncode == 0, {s["__id__"]: (s["result"], s["comment"]) for s in ret.data.values()}
     results = {s["__id__"]: (s["result"], s["changes"]) for s in ret.data.values()}
     assert all(result is True for result, _ in results.values()), ret.data
     return results
