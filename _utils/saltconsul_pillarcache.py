@@ -65,7 +65,7 @@ import saltconsul_client
 import saltconsul_config
 import saltconsul_kv
 import saltconsul_kvtree
-from saltconsul_errors import ConsulError
+from saltconsul_errors import ConsulError, ConsulNotFound
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,9 @@ BACKOFF_MAX = 30.0
 class Watcher:
     """
     The current watch index for compiles: ``index`` is None while the watch
-    is not armed (a compile then asks Consul itself), 0 for an empty prefix
-    (never watched: asked every time), else Consul's index, kept current.
+    is not armed (a compile then asks Consul itself), 0 when Consul sent no
+    index (never watched: asked every time), else Consul's index, kept
+    current (an empty prefix too: its 404 carries an index).
 
     A compile arms it with the index of its own plain request (:meth:`arm`);
     a daemon thread then runs the blocking-query loop
@@ -165,7 +166,7 @@ class Watcher:
     changes the thread holds one blocking query per ``wait`` seconds and
     compiles make **no** request: zero non-blocking requests when idle.
 
-    A failure, an index gone backwards or a prefix that became empty
+    A failure, an index gone backwards or an answer without an index
     *disarms* the watch and ends the thread; the next compile asks with a
     plain request and re-arms. The thread deliberately does not back off and
     retry by itself:
@@ -204,26 +205,30 @@ class Watcher:
     def query(self, index=None, wait=None):
         """
         The watch index: a plain read, or with ``index`` a blocking query
-        (``wait``, default the watch's). 0 if the prefix is empty.
+        (``wait``, default the watch's). 0 if Consul sent no index.
         """
-        resp = self.client.request(
-            "GET",
-            self.path,
-            params={"keys": True, "separator": "/"},
-            index=index,
-            wait=(self.wait if wait is None else wait) if index is not None else None,
-            not_found_ok=True,
-        )
-        if resp is None:
-            # 404: nothing under the prefix (our client drops the 404's headers).
-            # 0 never equals a real index, so keys appearing later are seen.
-            return 0
+        try:
+            resp = self.client.request(
+                "GET",
+                self.path,
+                params={"keys": True, "separator": "/"},
+                index=index,
+                wait=(self.wait if wait is None else wait) if index is not None else None,
+            )
+        except ConsulNotFound as err:
+            # 404: nothing under the prefix. Consul still sends an index (the
+            # prefix's deleted keys, else the KV table's): keys written under
+            # the prefix later answer a blocking query on it with a higher
+            # one, so an empty prefix is watched like any other. Without an
+            # index (an odd proxy): 0, never equal to a real index, so the
+            # prefix is asked on every compile and new keys are still seen.
+            return err.index or 0
         if resp.index is None:
             raise ConsulError(f"GET {self.path}: no X-Consul-Index in Consul's answer")
         return resp.index
 
     def _fetch(self, index=None, wait=None):
-        # An empty prefix (0) leaves the loop no index to block on.
+        # An answer with no index (0) leaves the loop no index to block on.
         return self.query(index, wait) or None, None
 
     def arm(self, index, background=True):
@@ -231,7 +236,7 @@ class Watcher:
         with self._lock:
             running = self._thread is not None and self._thread.is_alive()
             if not (background and index) or running:
-                # No watch (revalidate: always, empty prefix), or the running
+                # No watch (revalidate: always, no index), or the running
                 # thread keeps the index current from here.
                 self.index = index
                 return
@@ -268,11 +273,11 @@ class Watcher:
             if why is None and self.loop.index is not None:
                 self.index = self.loop.index
                 return True
-            # Disarmed: the next compile asks with a plain request (0: the
-            # prefix is empty, which is never watched).
+            # Disarmed: the next compile asks with a plain request (0: no
+            # index to watch).
             self.index = 0 if why is None else None
             self._thread = None
-        log.info("consul pillar: index watch on %s ended (%s); the next compile re-arms it", self.path, why or "empty prefix")
+        log.info("consul pillar: index watch on %s ended (%s); the next compile re-arms it", self.path, why or "no index in Consul's answer")
         return False
 
 
@@ -329,7 +334,7 @@ class Store:
         """The current watch index: the armed watcher's, else one plain request."""
         if self.revalidate == "watch":
             index = self.watcher.index
-            # 0 (nothing under the prefix) is never watched: ask every time.
+            # 0 (Consul sent no index) is never watched: ask every time.
             if index:
                 return index
         index = self.watcher.query()

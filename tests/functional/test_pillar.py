@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 import localconsul
+from conftest import wait_for
 import saltconsul_pillarcache
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -375,3 +376,26 @@ def test_empty_prefix_then_keys_appear(consul_agent, kv_prefix, make_opts):
     assert compile_pillar(make_opts(consul_agent, kv_prefix, env_key=False), PROD) == {}
     put(consul_agent, f"{kv_prefix}/global/a", "1")
     assert compile_pillar(opts, PROD)["a"] == "1"
+
+
+def test_empty_prefix_is_watched_like_any_other(consul_agent, kv_prefix, make_opts):
+    """
+    Consul's 404 for an empty prefix carries an index: the watch blocks on it,
+    so compiles of an empty prefix make no request either, and the first key
+    written under it wakes the watch and is seen.
+    """
+    opts = make_opts(consul_agent, kv_prefix)
+    assert compile_pillar(opts, PROD).get("a") is None
+    store = store_of(opts)
+    assert store.watcher.index > 0, store.watcher.index  # armed on the 404's index
+    # The compile's plain index request, then the watch thread's blocking query (60 s wait).
+    assert wait_for(lambda: store.stats()["watch_requests"] >= 2, 10), store.stats()
+    before = store.stats()
+    for _ in range(5):
+        assert compile_pillar(opts, PROD).get("a") is None
+    assert store.stats() == before  # nothing asked: the watch holds
+    old = store.watcher.index
+    put(consul_agent, f"{kv_prefix}/global/a", "1")
+    wait_watch_moved(store, old)
+    assert compile_pillar(opts, PROD)["a"] == "1"
+    assert store.stats()["requests"] == before["requests"] + 1  # one txn for the layers

@@ -11,7 +11,7 @@ import pytest
 
 import saltconsul_blocking as blocking
 import saltconsul_pillarcache
-from saltconsul_errors import ConsulPermissionDenied, ConsulUnreachable
+from saltconsul_errors import ConsulNotFound, ConsulPermissionDenied, ConsulUnreachable
 
 
 def test_next_index():
@@ -323,8 +323,15 @@ class Resp:
         self.index = index
 
 
+def not_found(index=None):
+    """Consul's 404 for an empty prefix, as our client raises it (with the answer's index, if any)."""
+    err = ConsulNotFound("GET /v1/kv/config/: not found")
+    err.index = index
+    return err
+
+
 class PillarConsul:
-    """A client for the pillar's index watch: scripted answers (int, None for 404, or an exception)."""
+    """A client for the pillar's index watch: scripted answers (an index, or an exception to raise)."""
 
     def __init__(self, answers):
         self.answers = list(answers)
@@ -332,7 +339,7 @@ class PillarConsul:
         self.stats = {"requests": 0}
         self.gate = None  # a threading.Event a request waits for, if set
 
-    def request(self, method, path, params=None, index=None, wait=None, not_found_ok=False):
+    def request(self, method, path, params=None, index=None, wait=None):
         self.calls.append((index, wait))
         if self.gate is not None:
             assert self.gate.wait(10)
@@ -340,7 +347,7 @@ class PillarConsul:
         answer = self.answers.pop(0) if self.answers else ConsulUnreachable("script ended")
         if isinstance(answer, Exception):
             raise answer
-        return None if answer is None else Resp(answer)
+        return Resp(answer)
 
 
 def pillar_watcher(answers):
@@ -394,16 +401,28 @@ def test_pillar_watch_failure_disarms_and_backs_off_restarts():
     assert watcher.loop.pause() == pytest.approx(saltconsul_pillarcache.BACKOFF_MAX)
 
 
-def test_pillar_watch_index_backwards_or_empty_prefix_disarms():
+def test_pillar_watch_index_backwards_or_no_index_disarms():
     watcher, _client, _clock = pillar_watcher([3])
     armed(watcher, 500)
     assert watcher._step(None) is False  # pylint: disable=protected-access
     # not taken over: the next compile's plain request starts a new cache epoch
     assert watcher.index is None and watcher.loop.pause() <= saltconsul_pillarcache.MIN_INTERVAL
-    watcher, _client, _clock = pillar_watcher([None])
+    watcher, _client, _clock = pillar_watcher([not_found(None)])
     armed(watcher, 500)
     assert watcher._step(None) is False  # pylint: disable=protected-access
-    assert watcher.index == 0  # empty prefix: compiles ask every time
+    assert watcher.index == 0  # a 404 without an index: compiles ask every time
+
+
+def test_pillar_watch_blocks_on_an_empty_prefix():
+    # The prefix empties (404 with the deleted keys' index), stays empty, then a key appears.
+    watcher, client, _clock = pillar_watcher([not_found(510), not_found(510), 530])
+    armed(watcher, 500)
+    for want in (510, 510, 530):
+        assert watcher._step(None) is True  # pylint: disable=protected-access
+        assert watcher.index == want
+    assert client.calls == [(500, 60), (510, 60), (510, 60)]  # blocking queries only
+    client.answers = [not_found(7)]
+    assert watcher.query() == 7  # a compile's plain read of an empty prefix gives the 404's index
 
 
 def test_pillar_watch_ends_when_reset():
@@ -418,6 +437,6 @@ def test_pillar_arm_without_a_watch():
     watcher, client, _clock = pillar_watcher([])
     watcher.arm(40, background=False)  # revalidate: always
     assert watcher.index == 40 and watcher._thread is None  # pylint: disable=protected-access
-    watcher.arm(0)  # empty prefix: never watched
+    watcher.arm(0)  # no index: never watched
     assert watcher.index == 0 and watcher._thread is None  # pylint: disable=protected-access
     assert client.calls == []
