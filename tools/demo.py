@@ -172,7 +172,7 @@ def main():
         line(f"consul.acl: {summary(ret)}")
         for path in files.values():  # made in mydc1: usable in mydc2 once replicated
             dc2.wait_acl_replicated(token=pathlib.Path(path).read_text().strip(), timeout=60)
-        line("mydc2 replicated the tokens (it keeps working while mydc1 is down)")
+        line("mydc2 has the tokens by replication: it resolves them without asking mydc1")
         for policy in sorted(p["Name"] for p in dc1.api_json("GET", "/v1/acl/policies") if p["Name"].startswith("salt-")):
             rules = dc1.api_json("GET", f"/v1/acl/policy/name/{policy}")["Rules"]
             kinds = sorted({r.split()[0] for r in rules.splitlines() if r and not r.startswith("#")})
