@@ -52,9 +52,7 @@ from saltconsul_calls import str_list as _str_list
 from saltconsul_calls import uint as _uint
 from saltconsul_calls import valid as _valid
 from saltconsul_errors import (
-    ConsulCASConflict,
     ConsulError,
-    ConsulInvalidRequest,
     ConsulNotFound,
     ConsulUnreachable,
 )
@@ -510,11 +508,8 @@ def kv_txn(operations, dc=None, token=None):
         ops.append(body)
         verbs.append(verb)
     try:
+        # A rolled-back transaction (409) is a ConsulCASConflict (saltconsul_errors.classify).
         result = client.put("/v1/txn", json=ops, dc=_dc(dc))
-    except ConsulInvalidRequest as err:
-        if err.status == 409 and "index is stale" in str(err):
-            raise _fail("kv_txn", ConsulCASConflict(f"transaction rolled back: {err}")) from err
-        raise _fail("kv_txn", err) from err
     except ConsulError as err:
         raise _fail("kv_txn", err) from err
     for verb, item in zip(verbs, (result or {}).get("Results") or []):

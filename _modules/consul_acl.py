@@ -29,7 +29,7 @@ from saltconsul_calls import fail as _fail
 from saltconsul_calls import opt_str as _opt_str
 from saltconsul_calls import seg as _seg
 from saltconsul_calls import str_list as _str_list
-from saltconsul_errors import ConsulError, ConsulPermissionDenied
+from saltconsul_errors import ConsulACLNotFound, ConsulError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _acl_missing(client, err):
     not found", the same answer as for an unknown caller token. Our own token
     resolving tells the two apart.
     """
-    if not isinstance(err, ConsulPermissionDenied) or "acl not found" not in str(err).lower():
+    if not isinstance(err, ConsulACLNotFound):
         return False
     try:
         client.get("/v1/acl/token/self")

@@ -929,8 +929,8 @@ def _tied_session(name, me, check_ids, lock_delay, deadline, token):
                 token=token,
             )
         except CommandExecutionError as err:
-            text = str(err).lower()
-            if time.monotonic() >= deadline or not ("critical" in text or "missing check" in text):
+            retry = isinstance(saltconsul_errors.cause_of(err), saltconsul_errors.ConsulSessionChecksNotReady)
+            if not retry or time.monotonic() >= deadline:
                 raise
         time.sleep(0.25)
 

@@ -33,6 +33,14 @@ class ConsulPermissionDenied(ConsulError):
     """The ACL token is missing, unknown or lacks the needed permission."""
 
 
+class ConsulACLNotFound(ConsulPermissionDenied):
+    """
+    "ACL not found": the caller's token is unknown, or (Consul 1.8, 403) the
+    token or policy ID being read does not exist; the caller tells the two
+    apart by resolving its own token.
+    """
+
+
 class ConsulNotFound(ConsulError):
     """The addressed object (key, service, check, session, ...) does not exist."""
 
@@ -45,6 +53,15 @@ class ConsulInvalidRequest(ConsulError):
     """Consul (or our own validation) rejected the request as malformed or too large."""
 
 
+class ConsulSessionChecksNotReady(ConsulServerError):
+    """
+    Consul refused a session because a check it is tied to is critical or
+    not registered on the servers yet (through a client agent, a check's
+    passing status reaches them by anti-entropy a moment after the agent
+    shows it): worth retrying for a bounded time.
+    """
+
+
 # Consul 1.8 to 1.10 answer an unknown service or check ID on the agent API with
 # 500 and one of these texts; 1.11+ answer 404 (hashicorp/consul#10337). Both
 # mean "not found". A TTL update of an unknown check says "does not have
@@ -52,7 +69,11 @@ class ConsulInvalidRequest(ConsulError):
 _AGENT_NOT_FOUND_TEXTS = ("unknown service", "unknown check", "does not have associated ttl")
 # Texts that mean the ACL system refused the request, whatever the status
 # (Consul 1.8 answers some of these with 500).
-_DENIED_TEXTS = ("permission denied", "acl not found")
+_DENIED_TEXTS = ("permission denied",)
+# Session create (500) when a tied check is not usable: "Check 'x' is in
+# critical state", "Missing check 'x' registration" (also "Missing node
+# registration" before the node has synced).
+_SESSION_CHECK_TEXTS = ("critical state", "missing check", "missing node registration")
 
 
 def classify(status, text, method, path):
@@ -68,7 +89,8 @@ def classify(status, text, method, path):
         The request, named in the message.
 
     Version quirks handled here (and unit-tested from the documented shapes):
-    500 vs 404 for unknown agent objects; 403 or 500 "Permission denied" and
+    500 vs 404 for unknown agent objects; 500 for a session whose checks are
+    critical or unknown to the servers; 403 or 500 "Permission denied" and
     "ACL not found"; 409 from ``/v1/txn`` (the transaction rolled back, for a
     lost check-and-set among other reasons); 429 from the rate limiter (1.13+),
     which is transient like a 5xx.
@@ -76,12 +98,16 @@ def classify(status, text, method, path):
     where = f"{method} {path}"
     kwargs = {"status": status, "method": method, "path": path}
     lowered = (text or "").lower()
+    if "acl not found" in lowered:
+        return ConsulACLNotFound(f"{where}: permission denied by Consul ACLs ({text})", **kwargs)
     if status == 403 or any(marker in lowered for marker in _DENIED_TEXTS):
         return ConsulPermissionDenied(f"{where}: permission denied by Consul ACLs ({text})", **kwargs)
     if status == 404 or (
         status == 500 and path.startswith("/v1/agent/") and any(m in lowered for m in _AGENT_NOT_FOUND_TEXTS)
     ):
         return ConsulNotFound(f"{where}: not found ({text})", **kwargs)
+    if status == 500 and path.startswith("/v1/session/create") and any(m in lowered for m in _SESSION_CHECK_TEXTS):
+        return ConsulSessionChecksNotReady(f"{where}: a tied check is not passing on the servers yet ({text})", **kwargs)
     if status == 409 and path.startswith("/v1/txn"):
         return ConsulCASConflict(f"{where}: transaction rolled back ({text})", **kwargs)
     if status in (400, 405, 409, 413, 422):

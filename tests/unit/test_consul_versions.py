@@ -33,7 +33,8 @@ import saltconsul_errors as errors
         (403, "Permission denied: token with AccessorID '...' lacks permission 'key:write' on \"a\"",
          "/v1/kv/a", errors.ConsulPermissionDenied),
         (500, "rpc error making call: Permission denied", "/v1/catalog/register", errors.ConsulPermissionDenied),
-        (403, "ACL not found", "/v1/acl/token/x", errors.ConsulPermissionDenied),
+        (403, "ACL not found", "/v1/acl/token/x", errors.ConsulACLNotFound),
+        (500, "rpc error making call: ACL not found", "/v1/agent/service/register", errors.ConsulACLNotFound),
         # A rolled-back transaction (a lost check-and-set among others).
         (409, '{"Errors":[{"OpIndex":0,"What":"failed to set key \\"a\\", index is stale"}]}', "/v1/txn",
          errors.ConsulCASConflict),
@@ -41,6 +42,11 @@ import saltconsul_errors as errors
         (400, "Request decode failed", "/v1/agent/service/register", errors.ConsulInvalidRequest),
         (413, "Value exceeds 524288 byte limit", "/v1/kv/a", errors.ConsulInvalidRequest),
         (500, "No cluster leader", "/v1/kv/a", errors.ConsulServerError),
+        # A session tied to a check the servers see as critical or do not know yet.
+        (500, "Check 'service:db01' is in critical state", "/v1/session/create", errors.ConsulSessionChecksNotReady),
+        (500, "Missing check 'service:db01' registration", "/v1/session/create", errors.ConsulSessionChecksNotReady),
+        (500, "Missing node registration", "/v1/session/create", errors.ConsulSessionChecksNotReady),
+        (500, "No cluster leader", "/v1/session/create", errors.ConsulServerError),
         # The rate limiter (1.13+ server, 1.15+ global) answers 429: transient, like a 5xx.
         (429, "rate limit exceeded", "/v1/kv/a", errors.ConsulServerError),
         (503, "", "/v1/status/leader", errors.ConsulServerError),
