@@ -68,7 +68,7 @@ dpkg -x "$work"/consul_*.deb "$work/root"
 # half-written tools/bin/consul behind.
 install -m 0755 "$work/root/usr/bin/consul" "$bindir/.consul.tmp.$$"
 mv -f "$bindir/.consul.tmp.$$" "$bindir/consul"
-# No `| head` here: under pipefail, consul dying of SIGPIPE when head exits
+# No pipe into `head` here: under pipefail, consul dying of SIGPIPE when head exits
 # first failed the whole install at random (make's "Error 141").
 version=$("$bindir/consul" version)
 echo "install-consul: ${version%%$'\n'*}"
