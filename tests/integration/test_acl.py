@@ -29,10 +29,12 @@ PILLAR_ACL = {
         "dns_anonymous": False,  # the agent is shared by the session; DNS is tested on its own agent
     }
 }
-MINION_PILLAR = """
+# A minion's pillar on the salt-minion token (test_cluster_multidc_acl.py
+# formats it with its own service name).
+MINION_PILLAR_FORMAT = """
 consul_register:
   services:
-    web:
+    {service}:
       port: 8080
       checks:
         - name: alive
@@ -93,7 +95,7 @@ def acl_master(salt_factories, consul_acl_agent, acl_formula, state_tree, tmp_pa
     consul_acl_agent.api_json("PUT", "/v1/kv/config/global/acltest/greeting", b"hello")
     pillar = tmp_path_factory.mktemp("acl-pillar")
     (pillar / "top.sls").write_text("base:\n  '*':\n    - minion\n")
-    (pillar / "minion.sls").write_text(textwrap.dedent(MINION_PILLAR))
+    (pillar / "minion.sls").write_text(textwrap.dedent(MINION_PILLAR_FORMAT.format(service="web")))
     # The salt-master token, through the config.
     consul = consul_opts(consul_acl_agent, token=_secret(acl_formula["master"]))
     with synced_master(salt_factories, "acl-master", consul_acl_agent, state_tree, pillar, consul=consul) as factory:

@@ -30,11 +30,11 @@ import base64
 import json
 import pathlib
 import stat
-import textwrap
 
 import pytest
 from cluster import Cluster
 from conftest import REPO, consul_opts, loader_dir_opts
+from test_acl import MINION_PILLAR_FORMAT
 
 WEB01 = "web01.prod.gg.mydc1.example.com"
 WEB02 = "web02.prod.gg.mydc2.example.com"
@@ -101,24 +101,7 @@ def minions(salt_factories, dcs, tokens, tmp_path_factory):
         service = SERVICES[mid]
         pillar = tmp_path_factory.mktemp(f"pillar-{mid.split('.')[0]}")
         (pillar / "top.sls").write_text("base:\n  '*':\n    - services\n")
-        (pillar / "services.sls").write_text(textwrap.dedent(f"""
-            consul_register:
-              services:
-                {service}:
-                  port: 8080
-                  checks:
-                    - name: alive
-                      ttl: 120s
-                      status: passing
-            consul_primary:
-              services:
-                db:
-                  port: 5432
-                  checks:
-                    - name: alive
-                      ttl: 120s
-                      status: passing
-            """))
+        (pillar / "services.sls").write_text(MINION_PILLAR_FORMAT.format(service=service))
         factory = salt_factories.salt_minion_daemon(
             mid,
             overrides=dict(
