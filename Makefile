@@ -28,28 +28,48 @@ PYTHON_313 ?= $(shell for c in python3.13 $$(pyenv root 2>/dev/null)/versions/3.
 VENV_PY313 ?= .venv-py313
 PY_313 := $(VENV_PY313)/bin/python
 
-.PHONY: all venv venv-salt3006 venv-py313 consul check-install test test-salt3006 test-py313 demo bench lock clean
+# Tests run in parallel (pytest-xdist): most of the suite waits on daemons
+# and Consul's timings, so there are more workers than the 2 cores. Each test
+# file is one unit of work (its module fixtures, a cluster say, start once,
+# on one worker); the longest files start first (tests/conftest.py,
+# tests/durations.json). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 4
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
+# The 15 slowest tests, printed at the end of every run.
+PYTEST := -m pytest $(XDIST) --durations=15 --durations-min=1
+
+.PHONY: all venv venv-salt3006 venv-py313 consul check-install test test-quick test-salt3006 test-py313 demo bench lock clean
 
 all: test
 
-$(VENV)/.installed: $(LOCK_3008)
+# The virtualenvs are built by uv (from a virtualenv of its own, like `make
+# lock`): the same pins as pip would install, in a fraction of the time (CI
+# builds three). --seed puts pip in each, which tests use for `pip install .`.
+UV := .venv-uv/bin/uv
+
+$(UV):
+	rm -rf .venv-uv
+	$(PYTHON) -m venv .venv-uv
+	.venv-uv/bin/python -m pip install -q --disable-pip-version-check 'uv>=0.5'
+
+$(VENV)/.installed: $(LOCK_3008) | $(UV)
 	rm -f $@
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r $(LOCK_3008)
+	$(UV) venv -q --seed --allow-existing --python $(PYTHON) $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip install -q -r $(LOCK_3008)
 	touch $@
 
-$(VENV_3006)/.installed: $(LOCK_3006)
+$(VENV_3006)/.installed: $(LOCK_3006) | $(UV)
 	@test -n "$(PYTHON_3006)" || { echo "no Python 3.10 found for the Salt 3006 set (set PYTHON_3006=...)" >&2; exit 1; }
 	rm -f $@
-	$(PYTHON_3006) -m venv $(VENV_3006)
-	$(PY_3006) -m pip install -q --disable-pip-version-check -r $(LOCK_3006)
+	$(UV) venv -q --seed --allow-existing --python $(PYTHON_3006) $(VENV_3006)
+	VIRTUAL_ENV=$(VENV_3006) $(UV) pip install -q -r $(LOCK_3006)
 	touch $@
 
-$(VENV_PY313)/.installed: $(LOCK_PY313)
+$(VENV_PY313)/.installed: $(LOCK_PY313) | $(UV)
 	@test -n "$(PYTHON_313)" || { echo "no Python 3.13 found (set PYTHON_313=...)" >&2; exit 1; }
 	rm -f $@
-	$(PYTHON_313) -m venv $(VENV_PY313)
-	$(PY_313) -m pip install -q --disable-pip-version-check -r $(LOCK_PY313)
+	$(UV) venv -q --seed --allow-existing --python $(PYTHON_313) $(VENV_PY313)
+	VIRTUAL_ENV=$(VENV_PY313) $(UV) pip install -q -r $(LOCK_PY313)
 	touch $@
 
 venv: $(VENV)/.installed
@@ -69,15 +89,19 @@ check-install:
 
 # The whole suite on the primary set (Salt 3008 LTS).
 test: venv consul
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) $(PYTEST) $(PYTEST_ARGS)
+
+# The edit loop: the unit and functional tiers (Salt loaders on dev agents).
+test-quick: venv consul
+	$(PY) $(PYTEST) $(PYTEST_ARGS) tests/unit tests/functional
 
 # The functional and integration tiers on Salt 3006 LTS.
 test-salt3006: venv-salt3006 consul
-	$(PY_3006) -m pytest $(PYTEST_ARGS) tests/functional tests/integration
+	$(PY_3006) $(PYTEST) $(PYTEST_ARGS) tests/functional tests/integration
 
 # The unit and functional tiers on Salt 3008 with Python 3.13.
 test-py313: venv-py313 consul
-	$(PY_313) -m pytest $(PYTEST_ARGS) tests/unit tests/functional
+	$(PY_313) $(PYTEST) $(PYTEST_ARGS) tests/unit tests/functional
 
 demo: venv consul
 	$(PY) tools/demo.py
@@ -87,12 +111,10 @@ bench: venv consul
 
 # Regenerate the pins from requirements/*.in (needs network access to the index).
 # uv lives in a virtualenv of its own, so no system Python is touched.
-lock:
-	$(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install -q --disable-pip-version-check 'uv>=0.5'
-	cd requirements && ../.venv-lock/bin/uv pip compile -q --upgrade --python-version 3.11 salt3008.in -o salt3008-py3.11.txt
-	cd requirements && ../.venv-lock/bin/uv pip compile -q --upgrade --python-version 3.10 salt3006.in -o salt3006-py3.10.txt
-	cd requirements && ../.venv-lock/bin/uv pip compile -q --upgrade --python-version 3.13 salt3008.in -o salt3008-py3.13.txt
+lock: $(UV)
+	cd requirements && ../$(UV) pip compile -q --upgrade --python-version 3.11 salt3008.in -o salt3008-py3.11.txt
+	cd requirements && ../$(UV) pip compile -q --upgrade --python-version 3.10 salt3006.in -o salt3006-py3.10.txt
+	cd requirements && ../$(UV) pip compile -q --upgrade --python-version 3.13 salt3008.in -o salt3008-py3.13.txt
 
 clean:
-	rm -rf $(VENV) $(VENV_3006) $(VENV_PY313) .venv-lock tools/bin .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV_3006) $(VENV_PY313) .venv-uv .venv-lock tools/bin .pytest_cache .hypothesis

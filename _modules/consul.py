@@ -657,8 +657,9 @@ def session_destroy(session_id, dc=None, token=None):
         salt-call consul.session_destroy 4ca8e74b-6350-7587-addf-a18084928f3c
     """
     path = f"/v1/session/destroy/{_seg(session_id, 'session_id')}"
+    # Destroying a session that is already gone answers true: safe to retry.
     with _consul("session_destroy"):
-        return bool(_client(token).put(path, dc=_dc(dc)))
+        return bool(_client(token).put(path, dc=_dc(dc), idempotent=True))
 
 
 def session_list(node=None, dc=None, consistency=None, token=None):
@@ -714,8 +715,11 @@ def lock_acquire(key, session, value=None, dc=None, token=None):
     data = saltconsul_kv.encode_value(value)
     client = _client(token)
     saltconsul_kv.check_size(data, client.max_value_size, key)
+    # Safe to retry (the client does, for a 5xx or no answer): an acquire by
+    # the session that already holds the lock answers true again, so a retry
+    # after an answer lost in transit tells the truth.
     with _consul("lock_acquire"):
-        return bool(client.put(path, params={"acquire": session}, content=data, dc=_dc(dc)))
+        return bool(client.put(path, params={"acquire": session}, content=data, dc=_dc(dc), idempotent=True))
 
 
 def lock_release(key, session, dc=None, token=None):
@@ -742,7 +746,8 @@ def lock_release(key, session, dc=None, token=None):
     _seg(session, "session")
     path = saltconsul_kv.kv_path(key)
     with _consul("lock_release"):
-        return bool(_client(token).put(path, params={"release": session}, content=b"", dc=_dc(dc)))
+        # Retried like an acquire; a retry whose first try did release answers false.
+        return bool(_client(token).put(path, params={"release": session}, content=b"", dc=_dc(dc), idempotent=True))
 
 
 def lock_holder(key, dc=None, consistency=None, token=None):

@@ -58,6 +58,14 @@ __virtualname__ = "consul"
 MANAGED_BY_KEY = "managed_by"
 MANAGED_BY = "salt-consul"
 MINION_KEY = "salt_minion"
+# Who registered a service (a formula or a state: ``services_pruned`` with the
+# same ``owner`` removes only those) and, for a single-holder service, the
+# lock it belongs to: no prune ever touches one of those; only
+# ``single_holder_service`` deregisters it, knowingly, with its lock.
+OWNER_KEY = "salt_owner"
+LOCK_KEY = "salt_lock"
+ANY_OWNER = "*"
+SINGLE_HOLDER_OWNER = "consul.single_holder_service"
 CHECKS_HASH_KEY = "salt_checks"
 NOTES_MARKER = re.compile(r"\s*\[salt-consul [0-9a-f]{16}\]$")
 SECRET_SHOWN = "<secret: not shown>"
@@ -133,7 +141,9 @@ def _current_check_summary(check):
 # --------------------------------------------------------------------------- services
 
 
-def _service_plan(name, service_id, tags, address, port, meta, enable_tag_override, weights, checks, env_tags, token):
+def _service_plan(
+    name, service_id, tags, address, port, meta, enable_tag_override, weights, checks, env_tags, token, owner=None, lock=None
+):
     """
     Read the agent and work out what registering this service would change.
 
@@ -157,6 +167,10 @@ def _service_plan(name, service_id, tags, address, port, meta, enable_tag_overri
     full_meta[MANAGED_BY_KEY] = MANAGED_BY
     full_meta[MINION_KEY] = _minion_id()
     full_meta[CHECKS_HASH_KEY] = _fingerprint(norm_checks)
+    for key, value in ((OWNER_KEY, owner), (LOCK_KEY, lock)):
+        full_meta.pop(key, None)
+        if value:
+            full_meta[key] = _owner_name(value)
     # The exact body consul.service_register will send (same validation, so
     # test=True refuses exactly what the apply would); compared field by field.
     body = _spec(
@@ -398,6 +412,12 @@ def _service_write(desired, stale, token):
         __salt__["consul.check_deregister"](cid, token=token)
 
 
+def _owner_name(value):
+    if not isinstance(value, str) or not value.strip() or value == ANY_OWNER or len(value) > 128:
+        raise SaltInvocationError(f"owner must be a non-empty name of at most 128 characters, not {value!r}")
+    return value
+
+
 def service_present(
     name,
     service_id=None,
@@ -410,6 +430,7 @@ def service_present(
     checks=None,
     env_tags=False,
     replace=False,
+    owner=None,
     token=None,
 ):
     """
@@ -446,13 +467,17 @@ def service_present(
     replace
         Take over an existing registration with this ID that salt-consul did
         not make, or that another minion made (default: refuse).
+    owner
+        Who registers it (a formula's name, e.g. ``consul.register``), kept as
+        meta ``salt_owner``: ``services_pruned`` with the same ``owner``
+        removes only the services it owns, so formulas compose.
     token
         ACL token for this state's calls.
     """
     ret = _ret(name)
     try:
         desired, current, changes, stale = _service_plan(
-            name, service_id, tags, address, port, meta, enable_tag_override, weights, checks, env_tags, token
+            name, service_id, tags, address, port, meta, enable_tag_override, weights, checks, env_tags, token, owner
         )
         sid = desired["ID"]
         if not changes:
@@ -507,17 +532,24 @@ def service_absent(name, token=None):
     return ret
 
 
-def services_pruned(name, keep=None, token=None):
+def services_pruned(name, keep=None, owner=None, token=None):
     """
     Deregister the services this minion registered earlier (meta
-    ``managed_by: salt-consul`` and ``salt_minion: <this minion>``) whose IDs
-    are not in ``keep``. Services registered by anything or anyone else are
-    never touched.
+    ``managed_by: salt-consul`` and ``salt_minion: <this minion>``) with this
+    ``owner`` whose IDs are not in ``keep``. Services registered by anything
+    or anyone else, or by another owner, are never touched; nor is a
+    single-holder service (meta ``salt_lock``), nor any service whose checks
+    a live Consul session is tied to (deregistering it would end the session
+    and release its lock): only ``single_holder_service`` removes those.
 
     name
         A label for the state (not used).
     keep
         List of service IDs to keep (those still declared).
+    owner
+        Prune only services registered with this ``owner`` (see
+        ``service_present``); default: those registered without one. ``*``:
+        every owner (``bootstrap.leave``), single-holder services still not.
     token
         ACL token for this state's calls.
     """
@@ -525,30 +557,53 @@ def services_pruned(name, keep=None, token=None):
     keep = set(keep or [])
     me = _minion_id()
     try:
+        if owner is not None and owner != ANY_OWNER:
+            _owner_name(owner)
         services = __salt__["consul.service_list"](token=token) or {}
         gone = sorted(
             sid
             for sid, svc in services.items()
-            if (svc.get("Meta") or {}).get(MANAGED_BY_KEY) == MANAGED_BY
-            and (svc.get("Meta") or {}).get(MINION_KEY) == me
-            and sid not in keep
+            if _prunable(svc.get("Meta") or {}, me, owner) and sid not in keep
         )
+        tied = _session_tied(gone, token) if gone else set()
+        gone = [sid for sid in gone if sid not in tied]
+        kept = f"; kept {', '.join(sorted(tied))} (a live session is tied to its checks)" if tied else ""
         if not gone:
-            ret["comment"] = "No stale services registered by this minion"
+            ret["comment"] = "No stale services registered by this minion" + kept
             return ret
         ret["changes"] = {"deregistered": gone}
         if __opts__.get("test"):
             ret["result"] = None
-            ret["comment"] = f"Would deregister {len(gone)} service(s) no longer declared: {', '.join(gone)}"
+            ret["comment"] = f"Would deregister {len(gone)} service(s) no longer declared: {', '.join(gone)}" + kept
             return ret
         _touched(gone)
         for sid in gone:
             __salt__["consul.service_deregister"](sid, token=token)
-        ret["comment"] = f"Deregistered {len(gone)} service(s) no longer declared: {', '.join(gone)}"
+        ret["comment"] = f"Deregistered {len(gone)} service(s) no longer declared: {', '.join(gone)}" + kept
     except (SaltInvocationError, CommandExecutionError) as err:
         ret["changes"] = {}
         return _fail(ret, f"Pruning services: {err}")
     return ret
+
+
+def _prunable(meta, me, owner):
+    """Registered by this minion through salt-consul, with this owner, and not a single holder's."""
+    if meta.get(MANAGED_BY_KEY) != MANAGED_BY or meta.get(MINION_KEY) != me or meta.get(LOCK_KEY):
+        return False
+    return owner == ANY_OWNER or meta.get(OWNER_KEY) == owner
+
+
+def _session_tied(service_ids, token):
+    """Those of ``service_ids`` one of whose checks a live session is tied to."""
+    checks = __salt__["consul.check_list"](token=token) or {}
+    owner_of = {cid: check.get("ServiceID") for cid, check in checks.items()}
+    tied = set()
+    for session in __salt__["consul.session_list"](token=token) or []:
+        for entry in session.get("ServiceChecks") or []:
+            tied.add(owner_of.get(entry.get("ID")))
+        for cid in session.get("Checks") or []:
+            tied.add(owner_of.get(cid))
+    return tied.intersection(service_ids)
 
 
 # --------------------------------------------------------------------------- checks
@@ -910,18 +965,28 @@ def _tied_to(session_id, check_ids, token):
     return sorted(c.get("ID") for c in info.get("ServiceChecks") or []) == sorted(check_ids)
 
 
-def _tied_session(name, me, check_ids, lock_delay, deadline, token):
+def _tied_session(name, me, check_ids, lock_delay, deadline, token, keep=()):
     """
     A session that ends when the node (``serfHealth``) or any of the service's
     checks goes critical. Consul refuses one on a check the *servers* see as
     critical or do not know yet; through a client agent the passing status
     reaches them by anti-entropy a moment after the agent shows it, so that
     refusal is retried until ``deadline``.
+
+    A create that failed in transit (a 5xx such as a client agent's "rpc
+    error making call: stream closed" after a server restart, or no answer)
+    may have reached the servers: a session with our name may exist that no
+    one knows the ID of. The name is this service's and this minion's alone,
+    so before each retry every session of that name is destroyed except those
+    in ``keep`` (one that holds the lock): the retry is then safe, and no
+    orphan is left behind. An orphan holds no lock (the lock is taken only
+    with an ID we know), so destroying it releases nothing.
     """
+    session_name = f"salt-consul {name} {me}"
     while True:
         try:
             return __salt__["consul.session_create"](
-                name=f"salt-consul {name} {me}",
+                name=session_name,
                 checks=["serfHealth"],
                 service_checks=check_ids,
                 lock_delay=lock_delay,
@@ -929,10 +994,30 @@ def _tied_session(name, me, check_ids, lock_delay, deadline, token):
                 token=token,
             )
         except CommandExecutionError as err:
-            retry = isinstance(saltconsul_errors.cause_of(err), saltconsul_errors.ConsulSessionChecksNotReady)
-            if not retry or time.monotonic() >= deadline:
+            cause = saltconsul_errors.cause_of(err)
+            if time.monotonic() >= deadline:
+                raise
+            if isinstance(cause, saltconsul_errors.ConsulSessionChecksNotReady):
+                pass  # a definite refusal: nothing was created
+            elif isinstance(cause, (saltconsul_errors.ConsulServerError, saltconsul_errors.ConsulUnreachable)):
+                log.warning("single_holder_service %s: session create failed in transit (%s); retrying", name, cause)
+                _destroy_orphans(session_name, keep, token)
+            else:
                 raise
         time.sleep(0.25)
+
+
+def _destroy_orphans(session_name, keep, token):
+    """Destroy every session named ``session_name`` but those in ``keep``; False if Consul did not answer."""
+    try:
+        for found in __salt__["consul.session_list"](token=token):
+            if found.get("Name") == session_name and found.get("ID") not in keep:
+                log.warning("destroying orphan session %s (%s)", found["ID"], session_name)
+                __salt__["consul.session_destroy"](found["ID"], token=token)
+    except CommandExecutionError as err:
+        log.debug("orphan sweep for %s failed (%s); the next try sweeps again", session_name, err)
+        return False
+    return True
 
 
 def single_holder_service(
@@ -1028,7 +1113,8 @@ def single_holder_service(
         delay = _seconds(lock_delay)
         wait_lock = delay + 2 if lock_wait is None else float(lock_wait)
         desired, current, changes, stale = _service_plan(
-            name, service_id, tags, address, port, meta, enable_tag_override, weights, checks, env_tags, token
+            name, service_id, tags, address, port, meta, enable_tag_override, weights, checks, env_tags, token,
+            owner=SINGLE_HOLDER_OWNER, lock=key,
         )
         sid = desired["ID"]
         check_ids = [check["id"] for check in desired["checks"]]
@@ -1139,7 +1225,8 @@ def single_holder_service(
             )
         # 3. A session tied to the node and the checks, then the lock.
         deadline = time.monotonic() + max(float(wait_passing), wait_lock)
-        session = _tied_session(name, me, check_ids, lock_delay, deadline, token)
+        keep = {held_by, (holder or {}).get("session")} - {None}
+        session = _tied_session(name, me, check_ids, lock_delay, deadline, token, keep)
         sessions.append(session)
         if mine:
             __salt__["consul.kv_txn"](

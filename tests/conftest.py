@@ -10,6 +10,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import pathlib
 import shutil
 import sys
@@ -286,10 +287,41 @@ def salt_cli(salt_master):
     return salt_master.salt_cli(timeout=120)
 
 
-def pytest_collection_modifyitems(items):
+# Measured seconds per test file (a serial fresh-clone run on the 2-core
+# machine, `python3 tools/junit_counts.py --durations REPORT.xml` writes it):
+# the parallel run starts the longest files first, so no long file starts
+# last and holds up the end. Files missing here weigh by tier; only the order
+# depends on these numbers.
+DURATIONS = REPO / "tests" / "durations.json"
+_TIER_WEIGHT = {"integration": 60.0, "functional": 10.0, "unit": 1.0}
+
+
+def _file_weights():
+    try:
+        return json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def pytest_collection_modifyitems(config, items):
+    """
+    Mark integration tests. Under xdist (``--dist loadscope``: each test file
+    is one unit of work, so a module's cluster or master starts once, on one
+    worker), order the files longest first; within a file, tests keep their
+    order.
+    """
+    weights = _file_weights()
+
+    def weight(item):
+        rel = item.path.relative_to(REPO).as_posix()
+        tier = rel.split("/")[1] if rel.count("/") >= 2 else "unit"
+        return weights.get(rel, _TIER_WEIGHT.get(tier, 10.0))
+
     for item in items:
-        if "/integration/" in str(item.fspath):
+        if "/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
+    if config.getoption("dist", "no") != "no":
+        items.sort(key=lambda item: -weight(item))
 
 
 # --------------------------------------------------------------------------- two datacenters
@@ -329,3 +361,39 @@ def module_loaders(functional_minion, consul_agent):
         yield loaders
     finally:
         loaders.reset_state()
+
+
+# --------------------------------------------------------------------------- CPU per test file (opt-in)
+
+_CPU_REPORT = os.environ.get("SC_CPU_REPORT")
+_cpu_last = {}
+
+
+def _cpu_now():
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+if _CPU_REPORT:
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        """
+        ``SC_CPU_REPORT=path``: CPU seconds (this process and the children it
+        reaped: Consul agents, Salt daemons and CLIs) per test file, appended
+        to ``path`` as JSON lines; what makes the suite slow on 2 cores.
+        """
+        start = _cpu_now()
+        yield
+        rel = item.path.relative_to(REPO).as_posix()
+        _cpu_last[rel] = _cpu_last.get(rel, 0.0) + _cpu_now() - start
+
+    def pytest_sessionfinish(session):
+        if _cpu_last:
+            with open(_CPU_REPORT, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({k: round(v, 1) for k, v in _cpu_last.items()}) + "\n")

@@ -411,8 +411,14 @@ class Cluster:
             server.kill()
             server._paused = False
 
-    def restart_servers(self, timeout=90):
-        """Start every stopped server again with its data; wait (bounded) for a leader, the servers alive and the WAN."""
+    def restart_servers(self, timeout=90, settle=True):
+        """
+        Start every stopped server again with its data; wait (bounded) for a
+        leader, the servers alive and the WAN; with ``settle`` (default) also
+        until the client agents have spent their stale connections (see
+        ``wait_clients_serving``). ``settle=False`` leaves those to the next
+        caller: what a Salt run right after a restart meets.
+        """
         deadline = time.monotonic() + timeout
         for server in self.servers:
             if not server.pid:
@@ -422,7 +428,8 @@ class Cluster:
         self.wait_members({s.node_name: ALIVE for s in self.servers}, timeout=max(1.0, deadline - time.monotonic()))
         if self.wan_peer is not None:
             self.wait_wan(timeout=max(1.0, deadline - time.monotonic()))
-        self.wait_clients_serving(timeout=max(1.0, deadline - time.monotonic()))
+        if settle:
+            self.wait_clients_serving(timeout=max(1.0, deadline - time.monotonic()))
 
     def wait_clients_serving(self, timeout=30, streak=3):
         """

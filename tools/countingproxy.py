@@ -20,6 +20,13 @@ the query's parameter *names* (values dropped: indexes and waits change).
 
 One thread per connection (keep-alive honoured), loopback only, stdlib only;
 ``close()`` stops it.
+
+A fault can be injected for tests: ``proxy.fail_after_forward("PUT",
+"/v1/session/create", times=1)`` forwards the next matching request to Consul
+and then answers the client 500 ``rpc error making call: stream closed``
+instead of Consul's answer: what a client agent says when its pooled
+connection to a restarted server breaks mid-call, in the worst case, where the
+write did reach the servers and the caller cannot know it.
 """
 
 import collections
@@ -31,6 +38,7 @@ import urllib.parse
 # Longest a forwarded request may take: Consul caps a blocking query at 600 s
 # plus wait/16 of jitter.
 UPSTREAM_TIMEOUT = 700
+STREAM_CLOSED = b"rpc error making call: stream closed"
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade", "trailer"}
 
 
@@ -57,6 +65,9 @@ class CountingProxy:
         self.upstream = (parsed.hostname, parsed.port or 80)
         self._lock = threading.Lock()
         self._counts = collections.Counter()
+        self._faults = []  # [method, path prefix, times left]
+        self.faulted = []  # "METHOD path" of each request answered with the fault
+        self.upstream_errors = []  # "METHOD path status" of each 5xx the upstream itself answered
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -80,6 +91,10 @@ class CountingProxy:
                     status, reason, data, resp_headers = 502, "Bad Gateway", b"upstream Consul unreachable", []
                 finally:
                     conn.close()
+                if status >= 500:
+                    proxy.upstream_errors.append(f"{self.command} {urllib.parse.urlsplit(self.path).path} {status}")
+                if proxy.take_fault(self.command, self.path):
+                    status, reason, data, resp_headers = 500, "Internal Server Error", STREAM_CLOSED, []
                 try:
                     self.send_response(status, reason)
                     for name, value in resp_headers:
@@ -105,6 +120,22 @@ class CountingProxy:
         kind, key = classify(method, target)
         with self._lock:
             self._counts[(kind, key)] += 1
+
+    def fail_after_forward(self, method, path_prefix, times=1):
+        """Answer the next ``times`` matching requests 500 "stream closed" after forwarding them."""
+        with self._lock:
+            self._faults.append([method, path_prefix, int(times)])
+
+    def take_fault(self, method, target):
+        """Whether this request gets the injected fault (consumes one)."""
+        path = urllib.parse.urlsplit(target).path
+        with self._lock:
+            for fault in self._faults:
+                if fault[2] > 0 and fault[0] == method and path.startswith(fault[1]):
+                    fault[2] -= 1
+                    self.faulted.append(f"{method} {path}")
+                    return True
+        return False
 
     def reset(self):
         with self._lock:

@@ -167,6 +167,7 @@ app-consul-service:
         http: http://127.0.0.1:{{ app.port }}/health
         interval: {{ app.check_interval }}
         timeout: 2s
+    - owner: app
 {%- if app.run in ('systemd', 'background') %}
     - require:
       - app-running

@@ -69,11 +69,13 @@ bootstrap-service-{{ service }}:
 {%-     endif %}
 {%-   endfor %}
     - checks: {{ checks | json }}
+    - owner: bootstrap
 {%- endfor %}
 
 bootstrap-prune:
   consul.services_pruned:
     - keep: {{ keep | json }}
+    - owner: bootstrap
 {%- if done %}
     - require: {{ done | json }}
 {%- endif %}

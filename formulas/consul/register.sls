@@ -1,8 +1,9 @@
 {#-
   consul.register: register this minion's services and checks from pillar, on
   every highstate, tagged with its environment; deregister the services this
-  minion registered earlier that have left pillar. Services registered by
-  anything or anyone else are never touched.
+  minion registered earlier through this formula that have left pillar
+  (owner consul.register). Services registered by anything or anyone else,
+  by another formula (app, bootstrap) or by consul.primary are never touched.
 
   Pillar (see pillar.example):
 
@@ -63,6 +64,7 @@ consul-register-{{ service }}:
 {%-     endif %}
 {%-   endfor %}
     - checks: {{ spec.get('checks', []) | json }}
+    - owner: consul.register
 {%- endfor %}
 
 {%- if conf.get('prune', True) %}
@@ -70,6 +72,7 @@ consul-register-{{ service }}:
 consul-register-prune:
   consul.services_pruned:
     - keep: {{ keep | json }}
+    - owner: consul.register
 {%-   if ids %}
     - require:
 {%-     for id in ids %}

@@ -279,3 +279,38 @@ def test_guard_held_lock_given_up_when_checks_critical(consul_agent, pair, servi
     assert lock_state(consul_agent, key)[0] is None
     assert consul_agent.api_json("GET", f"/v1/session/info/{guard}") in (None, [])
     assert registered(consul_agent, name) == []
+
+
+@pytest.mark.parametrize("faults", [1, 3])
+def test_session_create_lost_in_transit_is_retried_without_orphans(
+    consul_agent, functional_minion, tmp_path, service, faults
+):
+    """
+    A session create that reached Consul but whose answer was lost (a client
+    agent's "rpc error making call: stream closed" after a server restart)
+    leaves a session nobody knows the ID of. The state destroys it before it
+    retries: it takes the lock on the first apply and leaves exactly one
+    session, the one holding the lock.
+    """
+    import types
+
+    import countingproxy
+
+    name, key, spec = service
+    with countingproxy.CountingProxy(consul_agent.http_addr) as proxy:
+        minion = Minion(functional_minion, types.SimpleNamespace(http_addr=proxy.http_addr), PRIMARY, tmp_path)
+        try:
+            proxy.fail_after_forward("PUT", "/v1/session/create", times=faults)
+            ret = minion.apply(spec)
+            assert proxy.faulted == ["PUT /v1/session/create"] * faults
+            assert ret["result"] is True and "Took the lock" in ret["comment"], ret
+            holder, value = lock_state(consul_agent, key)
+            assert value == PRIMARY
+            # Every create reached Consul (faults + 1 made); one is left, the one holding the lock.
+            assert [s["ID"] for s in sessions_of(consul_agent, PRIMARY, name)] == [holder]
+            again = minion.apply(spec)
+            assert again["result"] is True and again["changes"] == {}, again
+        finally:
+            # (its DB going down ends the session: only after the checks above)
+            minion.db.down()
+            minion.loaders.reset_state()

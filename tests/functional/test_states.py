@@ -338,6 +338,54 @@ def test_services_pruned_touches_only_own(states, other_states, consul_agent, te
     assert states.stats["writes"] == before
 
 
+def test_services_pruned_touches_only_its_owners(states, consul_agent, testmode, unique, cleanup):
+    """
+    Formulas compose: a prune removes only what its own owner registered,
+    never a single-holder service (marked with its lock), never a service a
+    live session is tied to (an older single holder's, with no mark), and
+    ``*`` (bootstrap.leave) every owner but those.
+    """
+    reg, reg_gone, app, plain, held, legacy = (
+        f"{n}-{unique}" for n in ("reg", "reg-gone", "app", "plain", "held", "legacy")
+    )
+    cleanup["services"] += [reg, reg_gone, app, plain, held, legacy]
+    for sid, owner in ((reg, "consul.register"), (reg_gone, "consul.register"), (app, "app"), (plain, None)):
+        assert states("service_present", name=sid.split("-")[0], service_id=sid, owner=owner)["result"] is True
+    assert agent_service(consul_agent, app)["Meta"]["salt_owner"] == "app"
+    assert "salt_owner" not in agent_service(consul_agent, plain)["Meta"]
+    ttl = [{"name": "alive", "ttl": "60s", "status": "passing"}]
+    # A single holder's instance, marked by the state with its lock ...
+    assert states("service_present", name="held", service_id=held, owner="consul.register", checks=ttl)["result"]
+    body = dict(agent_service(consul_agent, held), ID=held, Name="held")
+    body["Meta"] = dict(body["Meta"], salt_lock="locks/held/leader")
+    consul_agent.api_json("PUT", "/v1/agent/service/register", {k: body[k] for k in ("ID", "Name", "Meta")} | {
+        "Check": {"CheckID": f"service:{held}:alive", "Name": "alive", "TTL": "60s", "Status": "passing"}})
+    # ... and one registered before marks existed, whose check a live session is tied to.
+    assert states("service_present", name="legacy", service_id=legacy, owner="consul.register", checks=ttl)["result"]
+    session = consul_agent.api_json(
+        "PUT", "/v1/session/create", {"Name": f"lock {unique}", "ServiceChecks": [{"ID": f"service:{legacy}:alive"}]}
+    )["ID"]
+    try:
+        ret = states("services_pruned", test=testmode, name="prune", keep=[reg], owner="consul.register")
+        assert ret["changes"] == {"deregistered": [reg_gone]}, ret
+        assert legacy in ret["comment"], ret
+        present = set(consul_agent.api_json("GET", "/v1/agent/services"))
+        if testmode:
+            assert ret["result"] is None and reg_gone in present
+            return
+        assert ret["result"] is True
+        assert {reg, app, plain, held, legacy} <= present and reg_gone not in present
+        # No owner: only what was registered without one.
+        assert states("services_pruned", name="prune", keep=[])["changes"] == {"deregistered": [plain]}
+        # Every owner (bootstrap.leave): still not the single holder's nor the session-tied one.
+        ret = states("services_pruned", name="leave", keep=[], owner="*")
+        assert ret["changes"] == {"deregistered": sorted([reg, app])}, ret
+        assert {held, legacy} <= set(consul_agent.api_json("GET", "/v1/agent/services"))
+        assert states("service_present", name="x", owner="*")["result"] is False
+    finally:
+        consul_agent.api("PUT", f"/v1/session/destroy/{session}")
+
+
 def test_bad_arguments_fail_before_any_request(states):
     before = states.stats["requests"]
     for kwargs in (
