@@ -8,10 +8,12 @@ Nothing here mocks Consul or Salt.
 import base64
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -289,39 +291,79 @@ def salt_cli(salt_master):
 
 # Measured seconds per test file (a serial fresh-clone run on the 2-core
 # machine, `python3 tools/junit_counts.py --durations REPORT.xml` writes it):
-# the parallel run starts the longest files first, so no long file starts
+# the parallel run starts the longest units first, so no long one starts
 # last and holds up the end. Files missing here weigh by tier; only the order
 # depends on these numbers.
 DURATIONS = REPO / "tests" / "durations.json"
 _TIER_WEIGHT = {"integration": 60.0, "functional": 10.0, "unit": 1.0}
+# The session's salt-master and minions (fixtures above): every test file
+# that asks for one is one unit of work with the others, so they start once
+# per run, not once per worker.
+SESSION_DAEMONS = frozenset({"salt_master", "prod_minion", "dev_minion", "salt_cli"})
+SESSION_UNIT = "session-daemons"
+_SIGNATURE = re.compile(r"\bdef \w+\(([^)]*)\)")
 
 
-def _file_weights():
+@functools.lru_cache(maxsize=None)
+def work_unit(rel):
+    """
+    The xdist unit of work of a test file (``tests/...py``): the file
+    itself, or ``session-daemons`` for a file with a function (a test or a
+    fixture) that takes one of ``SESSION_DAEMONS`` as a parameter. Read from
+    the source, because xdist's controller schedules without collecting.
+    """
     try:
-        return json.loads(DURATIONS.read_text())
+        text = (REPO / rel).read_text(encoding="utf-8")
+    except OSError:
+        return rel
+    for match in _SIGNATURE.finditer(text):
+        params = {part.split("=")[0].split(":")[0].strip() for part in match.group(1).split(",")}
+        if params & SESSION_DAEMONS:
+            return SESSION_UNIT
+    return rel
+
+
+def _unit_weights():
+    try:
+        per_file = json.loads(DURATIONS.read_text())
     except (OSError, ValueError):
-        return {}
+        per_file = {}
+    return per_file
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope``, with ``work_unit`` as the scope of each test."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return work_unit(nodeid.split("::", 1)[0])
+
+    return FileUnits(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
     """
-    Mark integration tests. Under xdist (``--dist loadscope``: each test file
-    is one unit of work, so a module's cluster or master starts once, on one
-    worker), order the files longest first; within a file, tests keep their
-    order.
+    Mark integration tests. Under xdist, order the units of work longest
+    first; within a unit, files and tests keep their order.
     """
-    weights = _file_weights()
-
-    def weight(item):
-        rel = item.path.relative_to(REPO).as_posix()
-        tier = rel.split("/")[1] if rel.count("/") >= 2 else "unit"
-        return weights.get(rel, _TIER_WEIGHT.get(tier, 10.0))
-
+    per_file = _unit_weights()
+    unit_weight = {}
     for item in items:
-        if "/integration/" in str(item.path):
+        rel = item.path.relative_to(REPO).as_posix()
+        if "/integration/" in f"/{rel}":
             item.add_marker(pytest.mark.integration)
+        tier = rel.split("/")[1] if rel.count("/") >= 2 else "unit"
+        unit = work_unit(rel)
+        if (unit, rel) not in unit_weight:
+            unit_weight[(unit, rel)] = per_file.get(rel, _TIER_WEIGHT.get(tier, 10.0))
+    totals = {}
+    for (unit, _), seconds in unit_weight.items():
+        totals[unit] = totals.get(unit, 0.0) + seconds
     if config.getoption("dist", "no") != "no":
-        items.sort(key=lambda item: -weight(item))
+        items.sort(key=lambda item: -totals[work_unit(item.path.relative_to(REPO).as_posix())])
 
 
 # --------------------------------------------------------------------------- two datacenters

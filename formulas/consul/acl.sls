@@ -47,6 +47,10 @@ key_prefix {{ kv | json }} { policy = "read" }
 # consul_replicate: read the source copy, write the destination copies.
 key_prefix {{ kv | json }} { policy = "write" }
 {%- endfor %}
+{%- if lock_prefix not in master.get('watch_prefixes', []) %}
+# consul_env.overview and the failover orchestration: who holds each single-holder lock.
+key_prefix {{ lock_prefix | json }} { policy = "read" }
+{%- endif %}
 # Watches of service health (salt/consul/service/... events), discovery from the master.
 service_prefix "" { policy = "read" }
 node_prefix "" { policy = "read" }

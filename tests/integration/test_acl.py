@@ -172,6 +172,28 @@ def test_roles_run_on_the_shipped_policies(acl_master, file_minion, env_minion, 
     assert f"db@{FILE_MINION}" in agent.api_json("GET", "/v1/agent/services")
     (entry,) = agent.api_json("GET", "/v1/kv/locks/db/prod.gg.acl1/leader")
     assert entry.get("Session") and base64.b64decode(entry["Value"]).decode().find(FILE_MINION) >= 0
+    # The daily command after the primary took its lock (issue 21): consul.register's
+    # prune leaves the single holder's instance and its lock alone; nothing changes.
+    lock_before = agent.api_json("GET", "/v1/kv/locks/db/prod.gg.acl1/leader")[0]
+    data = _apply(cli, "consul.register", FILE_MINION, returns)
+    assert all(not state["changes"] for state in data.values()), data
+    assert agent.api_json("GET", "/v1/kv/locks/db/prod.gg.acl1/leader")[0] == lock_before
+    assert f"db@{FILE_MINION}" in agent.api_json("GET", "/v1/agent/services")
+    # The runners docs/runners.md shows, on the shipped salt-master token.
+    run = acl_master.salt_run_cli(timeout=120)
+    for args in (
+        ("consul_env.overview",),
+        ("consul_pillar.explain", FILE_MINION),
+        ("consul_pillar.diff", FILE_MINION, ENV_MINION),
+    ):
+        ret = run.run(*args)
+        returns.append(ret.stdout + ret.stderr)
+        assert ret.returncode == 0 and isinstance(ret.data, dict), (args, ret)
+        assert "permission denied" not in (ret.stdout + ret.stderr).lower(), (args, ret)
+    overview = run.run("consul_env.overview").data
+    returns.append(json.dumps(overview))
+    lock = overview["environments"][f"prod.gg.{agent.datacenter}"]["single_holder"]["db"]
+    assert lock["holder"] == FILE_MINION and lock["held"] is True, overview
     _apply(cli, "consul.dns", FILE_MINION, returns)
     assert [q["Name"] for q in agent.api_json("GET", "/v1/query")] == ["db."]
     # The second minion (token from CONSUL_HTTP_TOKEN) is a standby for db: True, names the holder.
