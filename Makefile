@@ -38,7 +38,7 @@ XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope -
 # The 15 slowest tests, printed at the end of every run.
 PYTEST := -m pytest $(XDIST) --durations=15 --durations-min=1
 
-.PHONY: all venv venv-salt3006 venv-py313 consul check-install test test-quick test-salt3006 test-py313 demo bench lock clean
+.PHONY: all venv venv-salt3006 venv-py313 consul check-install flake-check test test-quick test-salt3006 test-py313 demo bench lock clean
 
 all: test
 
@@ -94,6 +94,10 @@ test: venv consul
 # The edit loop: the unit and functional tiers (Salt loaders on dev agents).
 test-quick: venv consul
 	$(PY) $(PYTEST) $(PYTEST_ARGS) tests/unit tests/functional
+
+# Flake hunt: the integration tier 5 times in a row beside a bounded CPU burner.
+flake-check: venv consul
+	$(PY) tools/flake_check.py --runs 5 --burners 1 --workers $(TEST_WORKERS)
 
 # The functional and integration tiers on Salt 3006 LTS.
 test-salt3006: venv-salt3006 consul

@@ -147,6 +147,10 @@ def synced_master(salt_factories, master_id, agent, state_tree, pillar_root, **o
         "consul": consul_opts(agent),
         "ext_pillar": [{"consul": {}}],
         "log_level_logfile": "debug",
+        # Two request workers, not Salt's five: still several (what the
+        # pillar cache tests need), and each worker loads its own loaders on
+        # its first request, CPU the 2-core machine spends once per master.
+        "worker_threads": 2,
     }
     config.update(overrides)
     factory = salt_factories.salt_master_daemon(master_id, overrides=config)

@@ -26,6 +26,7 @@ def cache_config(agent):
         "cache_dirs": [str(REPO / "_cache")],
         "consul": consul_opts(agent, cache={"prefix": PREFIX}),
         "ext_pillar": [],
+        "worker_threads": 2,  # as synced_master (tests/conftest.py)
     }
 
 

@@ -329,7 +329,7 @@ def test_pillar_compiles_with_every_server_down(consul_cluster, cluster_master, 
     assert data["cluster"] == want and not data.get("consul_pillar"), data
     consul_cluster.kill_servers()
     try:
-        # More compiles than master workers (worker_threads, 5 by default).
+        # More compiles than master workers (worker_threads: 2 in the tests, 5 by default).
         compiles = [salt.run("pillar.items", "unmask=True", minion_tgt=DB02).data for _ in range(8)]
     finally:
         consul_cluster.restart_servers()

@@ -63,7 +63,7 @@ def standins(workdir):
 def fo_master(salt_factories, fo_consul, workdir, standins, tmp_path_factory):
     ports = {mid: server.port for mid, server in standins.items()}
     state_tree, pillar_tree = make_trees(tmp_path_factory.mktemp("fo-trees"), workdir, ports)
-    overrides = dict(master_config(state_tree, pillar_tree, fo_consul), log_level_logfile="debug")
+    overrides = dict(master_config(state_tree, pillar_tree, fo_consul), log_level_logfile="debug", worker_threads=2)
     factory = salt_factories.salt_master_daemon(MASTER_ID, overrides=overrides)
     with factory.started():
         yield factory

@@ -54,6 +54,7 @@ def multidc_master(salt_factories, consul_dc_pair):
             ],
             "reactor": [{f"salt/consul/kv/{AUTO.rstrip('/')}": ["salt://reactor/consul_replicate.sls"]}],
             "log_level_logfile": "debug",
+            "worker_threads": 2,  # as synced_master (tests/conftest.py)
         },
     )
     with factory.started():

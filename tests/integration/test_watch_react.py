@@ -93,6 +93,7 @@ def react_master_overrides(react_tree, consul, services, react_services, **extra
             "services": react_services,
         },
         "log_level_logfile": "debug",
+        "worker_threads": 2,  # as synced_master (tests/conftest.py)
         **extra,
     }
 
