@@ -44,7 +44,9 @@ all: test
 
 # The virtualenvs are built by uv (from a virtualenv of its own, like `make
 # lock`): the same pins as pip would install, in a fraction of the time (CI
-# builds three). --seed puts pip in each, which tests use for `pip install .`.
+# builds three). --seed puts pip in each, which tests use for `pip install .`;
+# --compile-bytecode as pip does: with PYTHONDONTWRITEBYTECODE set (as on the
+# CI machine) every Salt process would otherwise compile Salt from source.
 UV := .venv-uv/bin/uv
 
 $(UV):
@@ -55,21 +57,21 @@ $(UV):
 $(VENV)/.installed: $(LOCK_3008) | $(UV)
 	rm -f $@
 	$(UV) venv -q --seed --allow-existing --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip install -q -r $(LOCK_3008)
+	VIRTUAL_ENV=$(VENV) $(UV) pip install -q --compile-bytecode -r $(LOCK_3008)
 	touch $@
 
 $(VENV_3006)/.installed: $(LOCK_3006) | $(UV)
 	@test -n "$(PYTHON_3006)" || { echo "no Python 3.10 found for the Salt 3006 set (set PYTHON_3006=...)" >&2; exit 1; }
 	rm -f $@
 	$(UV) venv -q --seed --allow-existing --python $(PYTHON_3006) $(VENV_3006)
-	VIRTUAL_ENV=$(VENV_3006) $(UV) pip install -q -r $(LOCK_3006)
+	VIRTUAL_ENV=$(VENV_3006) $(UV) pip install -q --compile-bytecode -r $(LOCK_3006)
 	touch $@
 
 $(VENV_PY313)/.installed: $(LOCK_PY313) | $(UV)
 	@test -n "$(PYTHON_313)" || { echo "no Python 3.13 found (set PYTHON_313=...)" >&2; exit 1; }
 	rm -f $@
 	$(UV) venv -q --seed --allow-existing --python $(PYTHON_313) $(VENV_PY313)
-	VIRTUAL_ENV=$(VENV_PY313) $(UV) pip install -q -r $(LOCK_PY313)
+	VIRTUAL_ENV=$(VENV_PY313) $(UV) pip install -q --compile-bytecode -r $(LOCK_PY313)
 	touch $@
 
 venv: $(VENV)/.installed

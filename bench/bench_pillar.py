@@ -175,7 +175,7 @@ def _saltext_python():
     if os.access(uv, os.X_OK):
         steps = [
             [uv, "venv", "-q", "--allow-existing", "--python", sys.executable, SALTEXT_VENV],
-            [uv, "pip", "install", "-q", "--python", python, *pins],
+            [uv, "pip", "install", "-q", "--compile-bytecode", "--python", python, *pins],
         ]
     else:
         steps = [
