@@ -410,7 +410,39 @@ class Cluster:
             agent.stop()
         agent._paused = False
         agent.start(timeout=timeout)
+        self._rejoin(agent, timeout=min(timeout, 20))
         return agent
+
+    def _rejoin(self, agent, timeout=20, grace=1.0):
+        """
+        Until every running server sees ``agent`` alive (bounded; the caller
+        still checks). A node restarted right after it was killed can come
+        back while a server is just marking it failed: seen under CPU load,
+        that server kept it failed (the others saw it rejoin) until serf's
+        own reconnect, up to 30 s later. A join from that server to the node
+        makes the two exchange full state at once (the node refutes its
+        death with a newer incarnation).
+        """
+        deadline = time.monotonic() + timeout
+        nudge_after = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            behind = []
+            for server in self.servers:
+                if server is agent or not server.pid or getattr(server, "_paused", False):
+                    continue
+                try:
+                    seen = {m["Name"]: m["Status"] for m in server.api_json("GET", "/v1/agent/members")}
+                except (OSError, RuntimeError, urllib.error.URLError, ValueError):
+                    continue
+                if seen.get(agent.node_name) != ALIVE:
+                    behind.append(server)
+            if not behind:
+                return
+            if time.monotonic() >= nudge_after:
+                for server in behind:
+                    server.api("PUT", f"/v1/agent/join/{agent.serf_lan_addr}")
+                nudge_after = time.monotonic() + 2.0
+            time.sleep(0.2)
 
     def kill_servers(self):
         """kill -9 every server (a datacenter's control plane down); client agents keep running."""
