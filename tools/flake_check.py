@@ -54,7 +54,8 @@ def main(argv=None):
             for proc in burners:
                 proc.terminate()
                 proc.join(10)
-        summary = (re.findall(r"^=+ (.*) =+$", done.stdout, re.M) or ["(no summary)"])[-1]
+        # pytest -q ends with "58 passed in 527.12s (0:08:47)" (framed by "=" without -q).
+        summary = (re.findall(r"^=* ?(\d+ (?:passed|failed).* in [\d.]+s.*?) ?=*$", done.stdout, re.M) or ["(no summary)"])[-1]
         ok = done.returncode == 0
         failed += not ok
         print(f"flake_run {run}: {'passed' if ok else 'FAILED'} ({summary}) in {time.monotonic() - started:.0f} s", flush=True)
