@@ -1008,7 +1008,7 @@ def _tied_session(name, me, check_ids, lock_delay, deadline, token, keep=()):
 
 
 def _destroy_orphans(session_name, keep, token):
-    """Destroy every session named ``session_name`` but those in ``keep``; False if Consul did not answer."""
+    """Destroy every session named ``session_name`` but those in ``keep`` (a failed sweep is retried with the create)."""
     try:
         for found in __salt__["consul.session_list"](token=token):
             if found.get("Name") == session_name and found.get("ID") not in keep:
@@ -1016,8 +1016,6 @@ def _destroy_orphans(session_name, keep, token):
                 __salt__["consul.session_destroy"](found["ID"], token=token)
     except CommandExecutionError as err:
         log.debug("orphan sweep for %s failed (%s); the next try sweeps again", session_name, err)
-        return False
-    return True
 
 
 def single_holder_service(
