@@ -20,7 +20,10 @@ names this driver; its connection keys are those of the ``consul:`` section
     db_password: sdb://myconsul/db/pass
 
 Values are exact strings (never ``bytes``, never YAML-coerced: ``"08"`` stays
-``"08"``); with ``json: true`` they are parsed as JSON. A missing key is
+``"08"``); with ``json: true`` they are parsed as JSON. On Salt's command
+line, though, Salt parses each argument as YAML before any driver sees it:
+``salt-call sdb.set sdb://myconsul/pin 007`` stores ``7``; quote the value
+for YAML to keep the string: ``salt-call sdb.set sdb://myconsul/pin "'007'"``. A missing key is
 ``None``. Values are never logged and never appear in an error message; errors
 name the key and the cause (permission denied, unreachable, ...), never the
 token.

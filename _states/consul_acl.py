@@ -287,6 +287,7 @@ def acl_token_present(
     node_identities=None,
     local=False,
     secret_file=None,
+    without_policies=None,
     dc=None,
     token=None,
 ):
@@ -316,6 +317,10 @@ def acl_token_present(
         SecretID (mode 0600). If it exists before the token does, the token is
         created with that secret; otherwise the secret is written there, and
         kept there (re-written when missing, different or readable by others).
+    without_policies
+        Policy names that must not be linked, every other link kept as it is
+        (instead of ``policies``): how ``consul.acl`` takes ``salt-dns`` back off
+        the anonymous token without dropping policies an operator added there.
     dc
         Datacenter whose ACL API to use.
     token
@@ -327,6 +332,11 @@ def acl_token_present(
           consul.acl_token_present:
             - policies: [salt-minion]
             - secret_file: /srv/tokens/web01.token
+
+        anonymous without salt-dns:
+          consul.acl_token_present:
+            - accessor_id: 00000000-0000-0000-0000-000000000002
+            - without_policies: [salt-dns]
     """
     ret = _ret(name)
     try:
@@ -336,7 +346,13 @@ def acl_token_present(
         roles = _str_list(roles, "roles")
         service_identities = None if service_identities is None else _service_identities(service_identities)
         node_identities = None if node_identities is None else _node_identities(node_identities)
+        without_policies = _str_list(without_policies, "without_policies")
+        if without_policies is not None and policies is not None:
+            raise SaltInvocationError("give policies (the exact set) or without_policies, not both")
         current = _find_token(accessor_id, description, dc, token)
+        if without_policies is not None:
+            # The links the token has now, less those named: the exact set from here on.
+            policies = [p for p in _link_names((current or {}).get("Policies")) if p not in without_policies]
         held = None
         if secret_file and current is None:
             # The file is the new token's secret: a malformed one is refused before

@@ -15,6 +15,9 @@
                  consul.dns, discovery
     salt-dns     what a DNS client needs to resolve names, environment names
                  (prepared queries) included
+    salt-sdb     (consul_acl:sdb set) the sdb driver's secret folders
+    salt-cache   (consul_acl:cache set) the master's data cache, cache: consul
+    salt-config  (consul_acl:config set) whoever writes the layer folders
 
   Tokens: consul_acl:tokens, each identified by its description, its secret
   only in secret_file (0600) on the host that applies this formula. Copy a
@@ -22,8 +25,9 @@
 
   DNS: consul_acl:dns_anonymous: true (default) gives the salt-dns policy to
   the anonymous token, so DNS answers under default-deny with no client
-  token; false leaves the anonymous token alone (then give the environment
-  queries a token, consul_dns:query_token_file, see docs/acl.md).
+  token; false takes salt-dns off the anonymous token again (other policies
+  there stay): then give the environment queries a token,
+  consul_dns:query_token_file, see docs/acl.md.
 
   Pillar: see acl.pillar.example.
 -#}
@@ -90,6 +94,36 @@ query_prefix "" { policy = "read" }
 {%- endset %}
 {%- do policies.update({prefix ~ 'dns': {'description': 'DNS clients: node, service and query reads', 'rules': rules}}) %}
 
+{#- The optional policies, each made only when its pillar key is set. #}
+{%- set sdb = conf.get('sdb') %}
+{%- if sdb %}
+{%-   set rules %}
+# sdb://<profile>/<key> (the consul sdb driver): sdb.get reads; sdb.set and sdb.delete need write: true.
+{%-     for kv in sdb.get('prefixes', ['secrets/salt/']) %}
+key_prefix {{ kv | json }} { policy = {{ ('write' if sdb.get('write') else 'read') | json }} }
+{%-     endfor %}
+{%-   endset %}
+{%-   do policies.update({prefix ~ 'sdb': {'description': 'sdb consul profiles: secret reads', 'rules': rules}}) %}
+{%- endif %}
+{%- set cache = conf.get('cache') %}
+{%- if cache %}
+{%-   set rules %}
+# cache: consul (the master's minion data cache): store, fetch, list, flush, and CAS deletes of expired entries.
+key_prefix {{ cache.get('prefix', 'salt/cache/') | json }} { policy = "write" }
+{%-   endset %}
+{%-   do policies.update({prefix ~ 'cache': {'description': 'the master data cache (cache: consul)', 'rules': rules}}) %}
+{%- endif %}
+{%- set config = conf.get('config') %}
+{%- if config %}
+{%-   set rules %}
+# Whoever writes configuration (an operator, a CI pipeline): the pillar layer folders, nothing else.
+{%-     for kv in config.get('prefixes', ['config/']) %}
+key_prefix {{ kv | json }} { policy = "write" }
+{%-     endfor %}
+{%-   endset %}
+{%-   do policies.update({prefix ~ 'config': {'description': 'configuration writers: the layer folders', 'rules': rules}}) %}
+{%- endif %}
+
 {%- for name, policy in policies | dictsort %}
 
 consul-acl-policy-{{ name }}:
@@ -126,4 +160,13 @@ consul-acl-anonymous-dns:
     - policies: [{{ (prefix ~ 'dns') | yaml_dquote }}]
     - require:
       - consul: consul-acl-policy-{{ prefix }}dns
+{%- else %}
+
+{#- Moving to a query token (docs/acl.md): salt-dns comes back off the
+    anonymous token; any other policy an operator linked there stays. #}
+consul-acl-anonymous-dns:
+  consul.acl_token_present:
+    - name: anonymous token without the DNS policy
+    - accessor_id: 00000000-0000-0000-0000-000000000002
+    - without_policies: [{{ (prefix ~ 'dns') | yaml_dquote }}]
 {%- endif %}

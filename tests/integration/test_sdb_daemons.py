@@ -105,3 +105,17 @@ def test_pillar_value_from_sdb_on_master(sdb_master, sdb_minion, consul_agent):
     put(consul_agent, f"{PREFIX}/app/master_secret", "rotated")
     cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=MINION)
     assert cli.run("pillar.get", "sdbdemo:secret", *UNMASK, minion_tgt=MINION).data == "rotated"
+
+
+def test_cli_arguments_are_yaml_quote_to_keep_the_string(sdb_master, sdb_minion, consul_agent):
+    # Salt's CLI parses every argument as YAML before the driver sees it
+    # (docs/migration.md, _sdb/consul.py): 007 arrives as the number 7, and a
+    # YAML-quoted '007' as the string. Both as the docs show them.
+    cli = sdb_master.salt_cli(timeout=120)
+    ret = cli.run("sdb.set", "sdb://consul_sdb/pin/unquoted", "007", minion_tgt=MINION)
+    assert ret.returncode == 0 and ret.data is True, ret
+    assert consul_agent.api("GET", f"/v1/kv/{PREFIX}/pin/unquoted?raw") == (200, b"7")
+    ret = cli.run("sdb.set", "sdb://consul_sdb/pin/quoted", "'007'", minion_tgt=MINION)
+    assert ret.returncode == 0 and ret.data is True, ret
+    assert consul_agent.api("GET", f"/v1/kv/{PREFIX}/pin/quoted?raw") == (200, b"007")
+    assert cli.run("sdb.get", "sdb://consul_sdb/pin/quoted", minion_tgt=MINION).data == "007"
