@@ -5,7 +5,7 @@ formulas, so that the master's ``file_roots`` can include them.
 .. code-block:: bash
 
     salt-run consul_formulas.path
-    # /usr/local/share/salt-consul/formulas
+    # /usr/local/lib/python3.11/dist-packages/saltconsul_ext/formulas
 
 .. code-block:: yaml
 
@@ -13,7 +13,7 @@ formulas, so that the master's ``file_roots`` can include them.
     file_roots:
       base:
         - /srv/salt
-        - /usr/local/share/salt-consul/formulas   # the path printed above
+        - /usr/local/lib/python3.11/dist-packages/saltconsul_ext/formulas   # the path printed above
 """
 
 from salt.exceptions import CommandExecutionError
@@ -29,7 +29,7 @@ def __virtual__():
 
 def path():
     """
-    The installed formulas folder (``<prefix>/share/salt-consul/formulas``).
+    The installed formulas folder (``<site-packages>/saltconsul_ext/formulas``).
     Fails when salt-consul was not installed with pip (with file_roots + sync,
     the formulas are wherever the checkout is).
 
@@ -42,7 +42,7 @@ def path():
     found = saltconsul_loader.formulas_dir()
     if not found:
         raise CommandExecutionError(
-            "salt-consul is not pip-installed for this master's Python (no share/salt-consul/formulas); "
+            "salt-consul is not pip-installed for this master's Python (no saltconsul_ext/formulas); "
             "with a checkout, put its formulas/ folder on file_roots"
         )
     return found

@@ -1,59 +1,26 @@
 """
-Salt loader entry point for a ``pip install``-ed salt-consul.
+What the loader modules need to know about how salt-consul was installed.
 
-``setup.cfg`` installs ``_modules``, ``_states``, ``_pillar``, ``_grains`` (and
-the other loader dirs, ``_sdb`` and ``_cache`` too) as data files under
-``share/salt-consul/`` and registers :func:`get_dirs` under the ``salt.loader``
-entry point group; Salt then loads them with no ``file_roots`` at all. Salt asks
-every loader kind by its dir name: ``salt.loader.sdb`` looks up ``"sdb"`` and
-``salt.loader.cache`` looks up ``"cache"`` in the returned mapping. The ``_utils`` modules install as ordinary
-top-level modules (Salt loads no utils from entry points).
-
-The formulas install under ``share/salt-consul/formulas``; they are SLS files,
-which Salt only finds on ``file_roots``: :func:`formulas_dir` (also
-``python3 -m saltconsul_loader formulas`` and ``salt-run consul_formulas.path``)
-says where they are, to add them there.
+A ``pip install``-ed salt-consul is the one package ``saltconsul_ext``
+(``saltconsul_ext:get_dirs`` is the ``salt.loader`` entry point, which also
+puts this folder on ``sys.path``); a file_roots install is synced, and the
+package is not there. The formulas are SLS files, which Salt only finds on
+``file_roots``: :func:`formulas_dir` (also ``python3 -m saltconsul_ext
+formulas`` and ``salt-run consul_formulas.path``) says where the installed
+ones are, to add them there.
 """
 
-import importlib.metadata
-import os
-import sys
-
-DIST = "salt-consul"
-EXT_TYPES = ("modules", "states", "pillar", "grains", "beacons", "engines", "runners", "sdb", "cache")
-
-
-def _share_root():
-    dist = importlib.metadata.distribution(DIST)
-    for entry in dist.files or ():
-        parts = entry.parts
-        if "share" in parts and DIST in parts:
-            idx = parts.index(DIST)
-            return os.path.normpath(str(dist.locate_file(os.path.join(*parts[: idx + 1]))))
-    return None
-
-
-def get_dirs():
-    """``{ext_type: [dir]}`` for every loader dir this distribution installed."""
-    root = _share_root()
-    if not root:
-        return {}
-    dirs = {}
-    for ext_type in EXT_TYPES:
-        path = os.path.join(root, ext_type)
-        if os.path.isdir(path):
-            dirs[ext_type] = [path]
-    return dirs
+import importlib
 
 
 def formulas_dir():
     """The installed formulas folder (for ``file_roots``), or None when not pip-installed."""
     try:
-        root = _share_root()
-    except importlib.metadata.PackageNotFoundError:
+        # Imported here, not at the top: in a file_roots install it is absent.
+        package = importlib.import_module("saltconsul_ext")
+    except ImportError:
         return None
-    path = os.path.join(root, "formulas") if root else None
-    return path if path and os.path.isdir(path) else None
+    return package.formulas_dir()
 
 
 # --------------------------------------------------------------------------- the saltext-consul clash
@@ -91,13 +58,3 @@ def warn_on_saltext_consul(log):
         "(see README, 'Install')."
     )
     return True
-
-
-if __name__ == "__main__":
-    # python3 -m saltconsul_loader formulas  -> the path, for scripts that write file_roots.
-    if sys.argv[1:] != ["formulas"]:
-        sys.exit("usage: python3 -m saltconsul_loader formulas")
-    found = formulas_dir()
-    if not found:
-        sys.exit("salt-consul is not pip-installed here (no share/salt-consul/formulas)")
-    print(found)

@@ -1,0 +1,119 @@
+"""
+The installed salt-consul: one package that carries everything it needs.
+
+``pip install salt-consul`` (``salt-pip install`` with the packaged Salt) puts
+this package in site-packages with the repo's folders mapped into it by
+``setup.cfg``::
+
+    saltconsul_ext/modules   <- _modules     saltconsul_ext/utils     <- _utils
+    saltconsul_ext/states    <- _states      saltconsul_ext/formulas  <- formulas
+    saltconsul_ext/pillar    <- _pillar      ... one folder per loader kind
+
+Everything is found relative to this file, not through the distribution's
+RECORD or a ``share/`` prefix: salt-ssh's thin carries an entry-point
+extension as the root package of its entry point (and a bare
+``entry_points.txt``), so on an agentless target this folder is all there is.
+
+:func:`get_dirs` is the ``salt.loader`` entry point. It also puts ``utils`` on
+``sys.path``: Salt loads no utils from entry points, and the loader modules do
+``import saltconsul_*``. Salt calls it when it builds a loader, before it
+imports any module of that loader.
+
+.. code-block:: bash
+
+    python3 -m saltconsul_ext formulas          # the formulas folder, for file_roots
+    python3 -m saltconsul_ext thin-extra-mods   # salt-ssh's thin_extra_mods value
+"""
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Salt asks every loader kind by its folder name (salt.loader.sdb looks up
+# "sdb", salt.loader.cache "cache", ...).
+EXT_TYPES = ("modules", "states", "pillar", "grains", "beacons", "engines", "runners", "sdb", "cache")
+# What salt-consul's HTTP client imports beyond what salt-ssh's thin already
+# carries (certifi, idna): walked from here through the installed metadata.
+HTTP_CLIENT_DIST = "httpx"
+
+
+def utils_dir():
+    """The shared ``saltconsul_*`` modules (``_utils`` in the repo)."""
+    return os.path.join(HERE, "utils")
+
+
+def get_dirs():
+    """``{ext_type: [dir]}`` for every loader folder of this package; puts ``utils`` on ``sys.path``."""
+    utils = utils_dir()
+    # Appended, not inserted: utils synced from file_roots (which Salt puts on
+    # sys.path first) win, as synced modules win over installed extensions.
+    if os.path.isdir(utils) and utils not in sys.path:
+        sys.path.append(utils)
+    dirs = {}
+    for ext_type in EXT_TYPES:
+        path = os.path.join(HERE, ext_type)
+        if os.path.isdir(path):
+            dirs[ext_type] = [path]
+    return dirs
+
+
+def formulas_dir():
+    """The installed formulas folder (for the master's ``file_roots``), or None in a checkout."""
+    path = os.path.join(HERE, "formulas")
+    return path if os.path.isdir(path) else None
+
+
+def thin_extra_mods(dist=HTTP_CLIENT_DIST):
+    """
+    The top-level modules of ``dist`` and of everything it requires (extras
+    left out), as installed for this Python: the master's ``thin_extra_mods``
+    value, so that salt-ssh's thin carries the HTTP client to the target.
+    Requirements marked for other Python versions are included when they are
+    installed (the target's Python may be older than the master's). Modules
+    the thin always carries (certifi, idna) are listed too: harmless, and the
+    list stays right if Salt stops carrying them.
+    """
+    import importlib.metadata  # pylint: disable=import-outside-toplevel
+
+    from packaging.requirements import Requirement  # pylint: disable=import-outside-toplevel
+
+    by_dist = {}
+    for module, dists in importlib.metadata.packages_distributions().items():
+        for name in dists:
+            by_dist.setdefault(_canonical(name), set()).add(module)
+    seen, todo, modules = set(), [dist], set()
+    while todo:
+        name = _canonical(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        # Private modules (_cffi_backend, ...) and compiled ones travel with their package.
+        modules.update(m for m in by_dist.get(name, ()) if not m.startswith("_"))
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is not None and "extra" in str(req.marker):
+                continue
+            todo.append(req.name)
+    return sorted(modules)
+
+
+def _canonical(name):
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def main(argv):
+    """``python3 -m saltconsul_ext formulas|thin-extra-mods``: print the path or the value."""
+    if argv == ["formulas"]:
+        found = formulas_dir()
+        if not found:
+            return "salt-consul is not pip-installed here (no saltconsul_ext/formulas)"
+        print(found)
+        return 0
+    if argv == ["thin-extra-mods"]:
+        print(",".join(thin_extra_mods()))
+        return 0
+    return "usage: python3 -m saltconsul_ext formulas|thin-extra-mods"
