@@ -306,7 +306,7 @@ def test_pip_install_entry_point_serves_cache_and_sdb(tmp_path, consul_agent, pr
     assert proc.returncode == 0, proc.stderr[-2000:]
     fetched, path, sdb_value = json.loads(proc.stdout.strip().splitlines()[-1])
     assert fetched == {"ok": 1}
-    assert path.startswith(str(site_prefix)) and path.endswith("share/salt-consul/cache/consul.py")
+    assert path.startswith(str(site_prefix)) and path.endswith("site-packages/saltconsul_ext/cache/consul.py")
     assert sdb_value == "via-entry-point"
 
 

@@ -2,7 +2,10 @@
 The extension loads both ways a Salt user installs it:
 
 * file_roots + ``saltutil.sync_all`` on a real master and minion;
-* ``pip install`` with the ``salt.loader`` entry point and no file_roots at all.
+* ``pip install`` with the ``salt.loader`` entry point and no file_roots at all
+  (one package, ``saltconsul_ext``, with everything inside it).
+
+salt-ssh, both ways: test_salt_ssh.py.
 """
 
 import json
@@ -79,8 +82,23 @@ def pip_prefix(tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr
     site = prefix / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
-    assert (site / "saltconsul_client.py").is_file()
+    # One package and its metadata: no top-level modules, nothing under share/.
+    assert sorted(p.name for p in site.iterdir()) == ["salt_consul-0.1.0.dist-info", "saltconsul_ext"]
+    assert sorted(p.name for p in prefix.iterdir()) == ["lib"]
+    assert (site / "saltconsul_ext" / "utils" / "saltconsul_client.py").is_file()
     return site
+
+
+def test_pip_show_lists_one_package(pip_prefix):
+    """``pip show -f salt-consul``: the package (formulas inside it) and its dist-info, nothing else."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "show", "-f", "--disable-pip-version-check", "salt-consul"],
+        capture_output=True, text=True, check=False, env=dict(os.environ, PYTHONPATH=str(pip_prefix)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    files = proc.stdout.split("Files:", 1)[1].split()
+    assert files and {f.split("/", 1)[0] for f in files} == {"saltconsul_ext", "salt_consul-0.1.0.dist-info"}
+    assert "saltconsul_ext/formulas/consul/register.sls" in files
 
 
 def _salt_call(tmp_path, consul_agent, pythonpath, *args, **conf):
@@ -144,7 +162,7 @@ def test_pip_install_entry_point(pip_prefix, consul_agent, tmp_path):
 
 
 def test_pip_install_ships_the_formulas(pip_prefix, consul_agent, tmp_path):
-    installed = pip_prefix.parents[2] / "share" / "salt-consul" / "formulas"
+    installed = pip_prefix / "saltconsul_ext" / "formulas"
     tracked = subprocess.run(
         ["git", "-C", str(REPO), "ls-files", "formulas"], capture_output=True, text=True, check=True
     ).stdout.split()
@@ -155,7 +173,10 @@ def test_pip_install_ships_the_formulas(pip_prefix, consul_agent, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(pip_prefix))
     # The path, for scripts ...
     proc = subprocess.run(
-        [sys.executable, "-m", "saltconsul_loader", "formulas"], capture_output=True, text=True, env=env, check=False,
+        [sys.executable, "-m", "saltconsul_ext", "formulas"], capture_output=True, text=True, env=env, check=False,
+        # Not from the checkout: `python -m` puts the current folder first, and
+        # the checkout's saltconsul_ext (which has no formulas/) would answer.
+        cwd=str(tmp_path),
     )
     assert (proc.returncode, proc.stdout.strip()) == (0, str(installed)), proc.stderr
     # ... and from the runner, on a master config of its own (no daemon needed).
