@@ -38,7 +38,7 @@ XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope -
 # The 15 slowest tests, printed at the end of every run.
 PYTEST := -m pytest $(XDIST) --durations=15 --durations-min=1
 
-.PHONY: all venv venv-salt3006 venv-py313 consul check-install flake-check test test-quick test-salt3006 test-py313 demo bench lock clean
+.PHONY: all venv venv-salt3006 venv-py313 consul sshd check-install flake-check test test-quick test-salt3006 test-py313 demo bench lock clean
 
 all: test
 
@@ -84,6 +84,12 @@ tools/bin/consul:
 	bash tools/install-consul.sh
 
 consul: tools/bin/consul
+
+# The salt-ssh tests' sshd (tests/integration/test_salt_ssh.py runs this
+# itself: it also makes the privilege separation user and /run/sshd that an
+# sshd started as root needs).
+sshd:
+	bash tools/install-sshd.sh
 
 # The Consul install, 30 times in a row from an empty dir (it must never flake).
 check-install:

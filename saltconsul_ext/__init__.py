@@ -77,10 +77,6 @@ def thin_extra_mods(dist=HTTP_CLIENT_DIST):
 
     from packaging.requirements import Requirement  # pylint: disable=import-outside-toplevel
 
-    by_dist = {}
-    for module, dists in importlib.metadata.packages_distributions().items():
-        for name in dists:
-            by_dist.setdefault(_canonical(name), set()).add(module)
     seen, todo, modules = set(), [dist], set()
     while todo:
         name = _canonical(todo.pop())
@@ -88,12 +84,11 @@ def thin_extra_mods(dist=HTTP_CLIENT_DIST):
             continue
         seen.add(name)
         try:
-            requires = importlib.metadata.requires(name) or []
+            found = importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-        # Private modules (_cffi_backend, ...) and compiled ones travel with their package.
-        modules.update(m for m in by_dist.get(name, ()) if not m.startswith("_"))
-        for line in requires:
+        modules.update(_top_level(found))
+        for line in found.requires or []:
             req = Requirement(line)
             if req.marker is not None and "extra" in str(req.marker):
                 continue
@@ -103,6 +98,27 @@ def thin_extra_mods(dist=HTTP_CLIENT_DIST):
 
 def _canonical(name):
     return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _top_level(dist):
+    """
+    The importable top-level names a distribution installed: its
+    ``top_level.txt``, else read from its files (hatchling-built wheels such
+    as httpx's have no top_level.txt, and Python 3.10's
+    ``packages_distributions`` reads nothing else). Private names
+    (``_cffi_backend``) travel with their package.
+    """
+    declared = (dist.read_text("top_level.txt") or "").split()
+    if declared:
+        return {name for name in declared if not name.startswith("_")}
+    names = set()
+    for path in dist.files or ():
+        parts = path.parts
+        if len(parts) > 1 and not parts[0].endswith((".dist-info", ".data")) and parts[0] not in ("..", "__pycache__"):
+            names.add(parts[0])
+        elif len(parts) == 1 and parts[0].endswith(".py"):
+            names.add(parts[0][:-3])
+    return {name for name in names if not name.startswith("_") and name.isidentifier()}
 
 
 def main(argv):
