@@ -20,15 +20,22 @@ pieces that pass alone must not break together.
 Orders: ``consul.primary`` on db01 first; then db01 goes on primary-first
 (register, consul, dns, app, bootstrap, failover) while db02 goes
 register-first (register, primary, bootstrap, failover, app, dns, consul) at
-the same time; then both minions at once (``salt -L``) in another order; then
-a highstate of both. Each formula is applied twice in a row: the second apply
-has ``changes == {}`` on every state (but ``event.send``, which fires its
-event on every run by design) and writes nothing to Consul (counted at the
-proxy: no PUT, POST or DELETE).
+the same time; then both minions at once (``salt -L``: failover, primary,
+register); then a highstate of both. Each formula is applied twice in a
+row: the second apply has ``changes == {}`` on every state (but
+``event.send``, which fires its event on every run by design) and writes
+nothing to Consul (counted at the proxy: no PUT, POST or DELETE).
 
 Throughout: the lock holder never changes after the first take, and no
 discoverable service instance disappears, reappears or goes from passing to
 critical.
+
+On the code before the ownership fix (4c8a30d) the sampler saw the lock go
+db01 -> none -> db02 -> none -> db01 ... (12 changes after the first take)
+and 66 instance flaps; with the ownership fix alone, every highstate still
+re-registered the primary's instance twice (consul.primary and failover
+each with its own definition), fixed by consul.primary deferring a failover
+member to the failover formula (formulas/consul/primary.sls).
 """
 
 import base64
@@ -68,9 +75,9 @@ SAMPLER_LIMIT = 600  # seconds: the sampler stops by itself even if the test nev
 FORMULAS = ("consul", "consul.register", "consul.primary", "consul.dns", "app", "failover", "bootstrap")
 ORDER_PRIMARY_FIRST = ("consul.register", "consul", "consul.dns", "app", "bootstrap", "failover")
 ORDER_REGISTER_FIRST = ("consul.register", "consul.primary", "bootstrap", "failover", "app", "consul.dns", "consul")
-# Both at once: the formulas that take, keep or prune (app and consul.dns write
-# no lock and prune nothing; they run at once in the highstate).
-ORDER_BOTH = ("failover", "consul.primary", "bootstrap", "consul.register")
+# Both at once: the formulas that hold the lock, or prune (app, consul.dns and
+# bootstrap run both at once in the highstate; bootstrap prunes and includes failover).
+ORDER_BOTH = ("failover", "consul.primary", "consul.register")
 
 # consul.acl's pillar (formulas/consul/acl.pillar.example): every service the
 # formulas below register; the secret folder of the app formula is an extra
@@ -226,7 +233,9 @@ class Sampler:
         self.reads = 0
         self.threads = [
             threading.Thread(target=self._watch, args=(f"/v1/kv/{key}", self._lock_view, self.holders), daemon=True),
-            threading.Thread(target=self._watch, args=("/v1/health/state/any", self._health_view, self.instances), daemon=True),
+            threading.Thread(
+                target=self._watch, args=("/v1/health/state/any", self._health_view, self.instances), daemon=True
+            ),
         ]
 
     def _get(self, path, index):
@@ -381,7 +390,9 @@ def tokens(salt_factories, cluster, tmp_path_factory):
             consul=consul_opts(cluster.client(MASTER_NODE), token=cluster.master_token),
         ),
     )
-    ret = admin.salt_call_cli(timeout=120).run("--local", "state.apply", "consul.acl", f"pillar={json.dumps({'consul_acl': pillar})}")
+    ret = admin.salt_call_cli(timeout=120).run(
+        "--local", "state.apply", "consul.acl", f"pillar={json.dumps({'consul_acl': pillar})}"
+    )
     assert ret.returncode == 0, ret
     assert ret.data and all(s["result"] is True for s in ret.data.values()), ret.data
     for path in files.values():
@@ -407,7 +418,7 @@ def standins(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory, standins):
-    """``(state_tree, pillar_tree, app_roots)``: this checkout's loader dirs and formulas plus the top file; the pillar."""
+    """``(state_tree, pillar_tree, app_roots)``: this checkout's loader dirs, formulas and the top file; the pillar."""
     workdir, servers = standins
     root = tmp_path_factory.mktemp("composition-trees")
     state_tree = root / "state"
@@ -418,7 +429,9 @@ def trees(tmp_path_factory, standins):
     for entry in (REPO / "formulas").iterdir():
         (state_tree / entry.name).symlink_to(entry)
     (state_tree / "top.sls").write_text(TOP)
-    ports = {mid: {"db": s["db"].port, "web": s["web"].port, "app": localconsul.free_port()} for mid, s in servers.items()}
+    ports = {
+        mid: {"db": s["db"].port, "web": s["web"].port, "app": localconsul.free_port()} for mid, s in servers.items()
+    }
     app_roots = {mid: str(root / f"app-{node}") for mid, node in MINIONS.items()}
     pillar_tree = root / "pillar"
     pillar_tree.mkdir()
@@ -437,7 +450,8 @@ def master(salt_factories, cluster, tokens, trees):
     token = pathlib.Path(tokens["master"]).read_text().strip()
     consul = consul_opts(cluster.client(MASTER_NODE), token=token)
     master_id = f"composition-master-{os.urandom(3).hex()}"
-    with synced_master(salt_factories, master_id, cluster.client(MASTER_NODE), state_tree, pillar_tree, consul=consul) as factory:
+    agent = cluster.client(MASTER_NODE)
+    with synced_master(salt_factories, master_id, agent, state_tree, pillar_tree, consul=consul) as factory:
         yield factory
 
 
@@ -449,7 +463,11 @@ def minions(master, cluster, tokens):
         for mid, node in MINIONS.items():
             proxy = stack.enter_context(countingproxy.CountingProxy(cluster.client(node).http_addr))
             consul = {"address": proxy.http_addr, "token_file": tokens["minion"], "retries": 0}
-            out[mid] = (stack.enter_context(synced_minion(master, cluster.client(node), mid, consul=consul)), proxy)
+            # lazy_loader_strict_matching (docs/failover.md): without it every
+            # job's first unless/onlyif makes Salt import every state module
+            # (1.6-2.9 s a job); this test runs 38 jobs of formulas full of them.
+            minion = synced_minion(master, cluster.client(node), mid, consul=consul, lazy_loader_strict_matching=True)
+            out[mid] = (stack.enter_context(minion), proxy)
         yield out
 
 
@@ -501,7 +519,8 @@ class Applier:
                 if state.get("result") is not True:
                     self.problems.append((what, MINIONS[mid], sid, state.get("comment")))
                 if second and state.get("changes") and sid not in CHANGES_BY_DESIGN:
-                    self.problems.append((what, MINIONS[mid], sid, {"changes": state["changes"], "comment": state.get("comment")}))
+                    found = {"changes": state["changes"], "comment": state.get("comment")}
+                    self.problems.append((what, MINIONS[mid], sid, found))
             if second:
                 writes = _writes(self.minions[mid][1])
                 if writes:
@@ -580,5 +599,6 @@ def test_every_formula_in_any_order_keeps_the_primary_and_writes_nothing_twice(c
     assert servers[DB01]["db"].role == "primary" and servers[DB02]["db"].role == "replica"
     for mid in MINIONS:
         ids = {e["ID"] for e in server.api_json("GET", f"/v1/catalog/node/{MINIONS[mid]}")["Services"].values()}
-        expected = {f"web@{mid}", f"metrics@{mid}", f"demoapp@{mid}", f"pgexporter@{mid}"} | ({f"db@{mid}"} if mid == DB01 else set())
+        expected = {f"{service}@{mid}" for service in ("web", "metrics", "demoapp", "pgexporter")}
+        expected |= {f"db@{mid}"} if mid == DB01 else set()
         assert ids == expected, (mid, ids)
