@@ -33,6 +33,7 @@ import pytest
 import localconsul
 from conftest import REPO
 
+
 def _salt_major():
     import salt.version  # pylint: disable=import-outside-toplevel
 
