@@ -25,9 +25,11 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
 
 import dnsquery  # noqa: E402
+import docs_run  # noqa: E402
 import localconsul  # noqa: E402
 import standin_failover as rigs  # noqa: E402
 import salt.modules.pillar  # noqa: E402
+import yaml  # noqa: E402
 
 # Salt 3008 masks pillar values in command output unless asked not to; 3006 has no such option.
 UNMASK = ("unmask=True",) if "unmask" in inspect.signature(salt.modules.pillar.get).parameters else ()
@@ -36,6 +38,7 @@ PRIMARY, REPLICA, CLIENT = rigs.PRIMARY, rigs.REPLICA, rigs.CLIENT  # db01/db02/
 SPOOFER = "web01.dev.gg.mydc1.example.com"  # claims prod in its grains and its own config
 REMOTE = "web01.prod.gg.mydc2.example.com"  # a minion of the second datacenter
 MINIONS = [PRIMARY, REPLICA, CLIENT, SPOOFER, REMOTE]
+ADMIN = "admin01"  # applies consul.acl (docs/acl.md), on a token that may only write ACLs
 # The ext_pillar's default layers plus a role layer (docs/pillar.md says why it
 # is not a default), so each role's services are declared once for every environment.
 LAYERS = [
@@ -61,10 +64,24 @@ SEED = {
     f"config/node/{REMOTE}/consul_register/services/web/address": "127.0.0.2",
 }
 ACL_PILLAR = {
-    "master": {"pillar_prefixes": ["config/"], "watch_prefixes": ["locks/"]},
+    # replicate_prefixes: docs/multidc.md's consul_replicate.kv, run by the documented-commands section.
+    "master": {"pillar_prefixes": ["config/"], "watch_prefixes": ["locks/"], "replicate_prefixes": ["config/", "nodes/"]},
     "minion": {"services": ["web", "db"], "dns_services": ["db", "web"]},
+    "config": {"prefixes": ["config/"]},  # salt-config: the operator's `consul kv put config/...`
     "dns_anonymous": True,
 }
+TOKEN_ROLES = ("master", "minion", "config")
+# The documented highstate (`salt -I 'consul_env:type:prod' state.apply`): every formula a node's role takes.
+TOP_SLS = """base:
+  '*':
+    - consul.register
+  'I@consul_env:role:db':
+    - match: compound
+    - failover
+  'I@consul_env:role:web':
+    - match: compound
+    - failover.client
+"""
 LOADER_OPTS = {
     "module_dirs": [str(REPO / "_modules")],
     "states_dirs": [str(REPO / "_states")],
@@ -115,7 +132,7 @@ def apply(fleet, mid, sls):
 def acl_bootstrap(workdir, dc1):
     """``salt-call --local state.apply consul.acl`` with the management token, the one time it is used."""
     tokens = pathlib.Path(workdir) / "tokens"
-    files = {role: str(tokens / f"salt-{role}.token") for role in ("master", "minion")}
+    files = {role: str(tokens / f"salt-{role}.token") for role in TOKEN_ROLES}
     pillar = dict(ACL_PILLAR, tokens={f"salt-{r}": {"policies": [f"salt-{r}"], "secret_file": p} for r, p in files.items()})
     conf = pathlib.Path(workdir) / "admin"
     conf.mkdir()
@@ -136,7 +153,32 @@ def acl_bootstrap(workdir, dc1):
     )
     if proc.returncode != 0:
         raise RuntimeError(f"consul.acl failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return files, json.loads(proc.stdout)["local"]
+    return files, pillar, json.loads(proc.stdout)["local"]
+
+
+def acl_admin_token(dc1):
+    """A token whose only right is ``acl = "write"`` (what consul.acl needs, docs/acl.md); its secret."""
+    policy = dc1.api_json("PUT", "/v1/acl/policy", json.dumps({"Name": "acl-admin", "Rules": 'acl = "write"'}).encode())
+    body = {"Description": "acl-admin", "Policies": [{"ID": policy["ID"]}]}
+    return dc1.api_json("PUT", "/v1/acl/token", json.dumps(body).encode())["SecretID"]
+
+
+def documented_commands(fleet, dc1, workdir):
+    """Every command of the README and docs/ (tools/docs_run.py), as written, on this fleet's tokens."""
+    cwd = pathlib.Path(workdir) / "operator"
+    cwd.mkdir()
+    # docs/bootstrap.md's `consul kv put ... @bootstrap.json`: the operator's file, from the formula's example.
+    example = yaml.safe_load((REPO / "formulas" / "bootstrap" / "pillar.example").read_text())
+    (cwd / "bootstrap.json").write_text(json.dumps(example["bootstrap"]))
+    consul_env = {"CONSUL_BIN": localconsul.consul_binary(), "CONSUL_HTTP_ADDR": dc1.http_addr,
+                  "CONSUL_HTTP_TOKEN_FILE": str(pathlib.Path(workdir) / "tokens" / "salt-config.token")}
+    commands = [c for c in docs_run.doc_commands() if c not in docs_run.ELSEWHERE]
+    for command in commands:
+        ok, took, output = docs_run.run(command, fleet.master_dir, fleet.root / "minions" / CLIENT, consul_env, cwd)
+        line(f"$ {command[:78]:78} {'ok' if ok else 'FAILED'} ({took:.1f}s)")
+        if not ok:
+            raise RuntimeError(f"documented command failed: {command}\n{output[-3000:]}")
+    return len(commands)
 
 
 def dns(agent, name):
@@ -168,7 +210,7 @@ def main():
         line(f"no token: PUT /v1/kv/config/global/x -> {status} (denied)")
 
         heading("The shipped least-privilege policies: state.apply consul.acl (management token, once)")
-        files, ret = acl_bootstrap(workdir, dc1)
+        files, acl_pillar, ret = acl_bootstrap(workdir, dc1)
         line(f"consul.acl: {summary(ret)}")
         for path in files.values():  # made in mydc1: usable in mydc2 once replicated
             dc2.wait_acl_replicated(token=pathlib.Path(path).read_text().strip(), timeout=60)
@@ -205,6 +247,15 @@ def main():
         claim = {"type": "prod", "group": "gg", "datacenter": "mydc1", "role": "web", "host": "web01",
                  "postfix": "prod.gg.mydc1"}
         extra[SPOOFER] = {"consul": dict(minion_consul, env={"type": "prod"}), "grains": {"env": claim}}
+        # admin01 re-applies consul.acl (docs/acl.md) on a token that may write ACLs and nothing
+        # else; the consul_acl pillar goes to it alone.
+        admin_token = pathlib.Path(workdir) / "tokens" / "acl-admin.token"
+        admin_token.write_text(acl_admin_token(dc1) + "\n")
+        admin_token.chmod(0o600)
+        extra[ADMIN] = {"consul": dict(minion_consul, token_file=str(admin_token))}
+        (pillar_tree / "top.sls").write_text("base:\n  '*':\n    - failover\n  'admin01':\n    - consul_acl\n")
+        (pillar_tree / "consul_acl.sls").write_text(json.dumps({"consul_acl": acl_pillar}))
+        (state_tree / "top.sls").write_text(TOP_SLS)
         fleet = Fleet(pathlib.Path(workdir) / "s", master_opts, extra, dc1)
         fleet.start()
         fleet.run("saltutil.sync_all")
@@ -245,6 +296,13 @@ def main():
                      "web.prod.gg.mydc1.query.consul", "web.dev.gg.mydc1.query.consul"):
             line(f"{name:32} -> {dns(dc1, name)}")
         line(f"lock {rigs.LOCK_KEY} held by {rigs.lock_state(dc1)[1]}")
+
+        heading("The documented commands, as written (README, docs/): the shipped tokens")
+        count = documented_commands(fleet, dc1, workdir)
+        line(f"docs: {count} documented commands run as written, all ok "
+             f"(and {len(docs_run.ELSEWHERE)} run elsewhere: {', '.join(docs_run.ELSEWHERE)})")
+        line(f"lock {rigs.LOCK_KEY} still held by {rigs.lock_state(dc1)[1]}; passing db: "
+             f"{', '.join(rigs.passing_instances(dc1))}")
 
         heading("The DB primary fails: the replica takes over (no salt command from here)")
         new_conf = f"db_primary = 127.0.0.1:{standins[REPLICA].port}"

@@ -22,3 +22,10 @@ consul-dns-{{ service }}:
 {%-     endif %}
 {%-   endfor %}
 {%- endfor %}
+{%- if not conf.get('services') %}
+
+{#- Nothing declared: succeed and say so (an empty SLS makes Salt exit non-zero). #}
+consul-dns-nothing-declared:
+  test.succeed_without_changes:
+    - name: "consul_dns:services is empty on this minion: no environment DNS name to manage"
+{%- endif %}

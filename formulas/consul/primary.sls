@@ -47,3 +47,12 @@ consul-primary-{{ service }}:
 {%-     endfor %}
 {%-   endif %}
 {%- endfor %}
+{%- if not conf.get('services') %}
+
+{#- Nothing to hold here: say so, and succeed (an empty SLS makes Salt exit
+    non-zero, so `salt -I 'consul_env:role:db' state.apply consul.primary`
+    would fail on every db minion that takes its primary from another formula). #}
+consul-primary-nothing-declared:
+  test.succeed_without_changes:
+    - name: "consul_primary:services is empty on this minion: no single-holder service to hold"
+{%- endif %}

@@ -10,6 +10,9 @@ import sys
 
 import psutil
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools"))
+import docs_run  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -36,7 +39,7 @@ def test_demo_runs_shows_each_section_and_cleans_up():
     assert "no token: PUT /v1/kv/config/global/x -> 403 (denied)" in out
     for policy in ("salt-dns", "salt-master", "salt-minion"):
         assert f"policy {policy}" in out
-    assert out.count("(mode 600), never in a return or log") == 2
+    assert out.count("(mode 600), never in a return or log") == 3
     assert "anonymous token policies: ['salt-dns']" in out
     # Layered pillar per environment, decided by the master from the minion ID.
     assert re.search(r"web01\.prod\.gg\.mydc1\.example\.com +env prod\.gg\.mydc1 +pool_size = 50", out)
@@ -65,3 +68,11 @@ def test_demo_runs_shows_each_section_and_cleans_up():
     assert re.search(r'pool_size = 50, consul_pillar = \{"age": \d+, "stale": true\}', out)
     assert "mydc1 back: consul_pillar = null (fresh)" in out
     assert _demo_processes() == []
+    # Every command the README and docs/ show, run as written on the shipped tokens
+    # (tools/docs_run.py); none disturbed the primary.
+    documented = [c for c in docs_run.doc_commands() if c not in docs_run.ELSEWHERE]
+    assert len(documented) >= 30
+    for command in documented:
+        assert re.search(rf"^  \$ {re.escape(command[:78])} +ok \(", out, re.M), command
+    assert f"docs: {len(documented)} documented commands run as written, all ok" in out
+    assert f"still held by {'db01.prod.gg.mydc1.example.com'}; passing db: db@db01.prod.gg.mydc1.example.com" in out
