@@ -13,8 +13,11 @@ For a real topology (several servers, a client agent per node), see
 ``bootstrap_expect``, ``retry_join``).
 """
 
+import contextlib
 import json
 import os
+import pathlib
+import random
 import re
 import shutil
 import signal
@@ -165,8 +168,31 @@ class TcpTarget:
         self.server = None
         self.up()
 
+    @staticmethod
+    def _ports_below_ephemeral():
+        """
+        Candidate ports below the kernel's ephemeral range: while a target is
+        ``down`` its port is free, and a port of that range may meanwhile be
+        handed to any process's outgoing connection or ``bind(0)`` (seen in CI:
+        ``up()`` failed with "Address already in use" with 4 workers busy).
+        Below the range only another explicit bind can take it.
+        """
+        try:
+            low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return random.sample(range(10000, low), min(100, max(low - 10000, 0)))
+
     def up(self):
-        self.server = self._Server(("127.0.0.1", self.port or 0), self._Handler)
+        if self.port is None:
+            for port in self._ports_below_ephemeral():
+                with contextlib.suppress(OSError):
+                    self.server = self._Server(("127.0.0.1", port), self._Handler)
+                    break
+            else:
+                self.server = self._Server(("127.0.0.1", 0), self._Handler)
+        else:
+            self.server = self._Server(("127.0.0.1", self.port), self._Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
