@@ -19,6 +19,12 @@ extension as the root package of its entry point (and a bare
 ``import saltconsul_*``. Salt calls it when it builds a loader, before it
 imports any module of that loader.
 
+Salt 3006's salt-ssh sends neither (``salt.client.ssh.mod_data`` ships a
+``modules``/``states``/``grains``/``renderers``/``returners`` folder, no
+``utils``; ``salt.utils.thin.gen_thin`` has no extension discovery), so there
+``thin-extra-mods`` also names the shared ``saltconsul_*`` modules: the thin
+then carries them, flat, on the target's ``sys.path`` (:func:`ssh_thin_mods`).
+
 .. code-block:: bash
 
     python3 -m saltconsul_ext formulas          # the formulas folder, for file_roots
@@ -121,6 +127,65 @@ def _top_level(dist):
     return {name for name in names if not name.startswith("_") and name.isidentifier()}
 
 
+# --------------------------------------------------------------------------- salt-ssh on Salt 3006
+
+
+def shared_dir():
+    """The shared ``saltconsul_*`` modules' folder: ``utils`` when installed, the checkout's ``_utils`` beside it."""
+    utils = utils_dir()
+    if os.path.isdir(utils):
+        return utils
+    checkout = os.path.join(os.path.dirname(HERE), "_utils")
+    return checkout if os.path.isdir(checkout) else None
+
+
+def shared_modules():
+    """The names of the shared ``saltconsul_*`` modules (sorted), or [] when neither folder is there."""
+    found = shared_dir()
+    if not found:
+        return []
+    return sorted(
+        name[:-3] for name in os.listdir(found) if name.startswith("saltconsul_") and name.endswith(".py")
+    )
+
+
+def salt_ssh_sends_utils():
+    """
+    Whether this Python's salt-ssh sends ``_utils`` with each call: from Salt
+    3008 on (its ``mod_data`` syncs ``utils``, its thin carries an installed
+    extension's package). Salt 3006's does neither. Without Salt here, assume a
+    current one.
+    """
+    try:
+        import salt.version  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return True
+    return salt.version.__saltstack_version__.major >= 3008
+
+
+def ssh_thin_mods():
+    """
+    The ``thin_extra_mods`` value for this master: :func:`thin_extra_mods`
+    and, on Salt 3006, the shared ``saltconsul_*`` modules after them, which
+    the thin then carries flat (its ``py3`` folder is on the target's
+    ``sys.path``; the loader modules reach the target in 3006's ext_mods).
+
+    Salt 3006's ``salt.utils.thin.get_tops`` imports each name on the master
+    when it builds the thin, and skips (logging "Unable to import
+    extra-module") a name it cannot import. Pip-installed, they are importable:
+    ``salt.client.ssh.SSH.__init__`` builds its roster and returner loaders
+    before ``gen_thin``, and each calls :func:`get_dirs`, which puts ``utils``
+    on ``sys.path``. From a checkout (file_roots), salt-ssh needs the
+    checkout's ``_utils`` on ``PYTHONPATH`` (README, salt-ssh). Salt 3006
+    builds the thin once per Salt version: ``salt-ssh --regen-thin`` after
+    salt-consul changes.
+    """
+    mods = thin_extra_mods()
+    if not salt_ssh_sends_utils():
+        mods += shared_modules()
+    return mods
+
+
 def main(argv):
     """``python3 -m saltconsul_ext formulas|thin-extra-mods``: print the path or the value."""
     if argv == ["formulas"]:
@@ -130,6 +195,6 @@ def main(argv):
         print(found)
         return 0
     if argv == ["thin-extra-mods"]:
-        print(",".join(thin_extra_mods()))
+        print(",".join(ssh_thin_mods()))
         return 0
     return "usage: python3 -m saltconsul_ext formulas|thin-extra-mods"

@@ -10,6 +10,14 @@ salt-ssh, agentless, both install ways (README, "salt-ssh"):
 Either way the HTTP client reaches the target through ``thin_extra_mods``
 (``python3 -m saltconsul_ext thin-extra-mods`` prints the value).
 
+Salt 3006 (3006.29) sends no ``_utils`` (``salt.client.ssh.mod_data`` has no
+``utils`` among the folders it ships) and its thin carries no extension
+(``salt.utils.thin`` has no saltext discovery), so there the value also names
+the shared ``saltconsul_*`` modules and the thin carries them flat; the loader
+modules come in the ext_mods either way (3006's ``mod_data`` takes the entry
+point's folders too). From file_roots, salt-ssh runs with the checkout's
+``_utils`` on ``PYTHONPATH`` so that the thin's builder can import them.
+
 The target is this machine through a private ``sshd`` on a loopback port (its
 own host key and authorized key; tools/install-sshd.sh fetches Debian's
 openssh-server when the system has none) whose sessions find ``python3`` in a
@@ -40,11 +48,9 @@ def _salt_major():
     return salt.version.__saltstack_version__.major
 
 
-# Salt 3006 (3006.29): its thin carries no extensions (no saltext discovery in
-# salt/utils/thin.py), and from file_roots the target's loader modules do not
-# find the shipped _utils ('consul' __virtual__ returned False: No module named
-# 'saltconsul_calls'). salt-ssh is supported from Salt 3008 on (README).
-pytestmark = pytest.mark.skipif(_salt_major() < 3008, reason="salt-ssh is supported on Salt 3008 (README, salt-ssh)")
+# Salt 3006's salt-ssh sends the shared saltconsul_* modules in the thin, not as
+# synced utils (see the module docstring).
+SALT_3006 = _salt_major() < 3008
 
 TARGET = "web01.prod.gg.dc1.example.com"
 SERVICE = "sshweb"
@@ -171,7 +177,7 @@ class SaltSSH:
         self.port, self.key, self.known_hosts = sshd
         self.env = None
 
-    def configure(self, way, file_roots, pythonpath, kv_prefix):
+    def configure(self, way, file_roots, pythonpath, kv_prefix, cwd):
         root = self.work / way
         pillar = root / "pillar"
         pillar.mkdir(parents=True)
@@ -190,9 +196,11 @@ class SaltSSH:
         # computed by the package itself with the master's Python.
         extra = subprocess.run(
             [sys.executable, "-m", "saltconsul_ext", "thin-extra-mods"],
-            capture_output=True, text=True, check=True, env=env, cwd=str(pythonpath or REPO), timeout=60,
+            capture_output=True, text=True, check=True, env=env, cwd=str(cwd), timeout=60,
         ).stdout.strip()
         assert "httpx" in extra.split(","), extra
+        # The shared modules ride in the thin on Salt 3006 only (3008 syncs them).
+        assert ("saltconsul_calls" in extra.split(",")) is SALT_3006, extra
         master = {
             "root_dir": str(root),
             "user": getpass.getuser(),
@@ -299,23 +307,42 @@ def _every_call(salt_ssh, agent, kv_prefix, way):
 def test_file_roots_install(salt_ssh, state_tree, consul_agent, kv_prefix):
     """The checkout on file_roots: salt-ssh ships ``_modules``, ``_utils``, ... with the call."""
     consul_agent.api("PUT", f"/v1/kv/{kv_prefix}/prod/app/greeting", b"hello prod via file_roots")
-    salt_ssh.configure("file_roots", [state_tree], None, kv_prefix)
+    # Salt 3006 builds the thin with the shared modules named in thin_extra_mods,
+    # which it imports on the master: the checkout's _utils on PYTHONPATH (README).
+    salt_ssh.configure("file_roots", [state_tree], state_tree / "_utils" if SALT_3006 else None, kv_prefix, REPO)
     # The master's side (the ext_pillar) comes from its extension_modules, as with salt-master.
     salt_ssh.salt_run("saltutil.sync_all")
     _every_call(salt_ssh, consul_agent, kv_prefix, "file_roots")
+    thin = salt_ssh.work / "file_roots" / "target-thin"
+    extmods = thin / "running_data" / "var" / "cache" / "salt" / "minion" / "extmods"
+    assert (extmods / "modules" / "consul.py").is_file()
+    # Where the shared modules came from: synced utils (3008) or the thin (3006).
+    assert (extmods / "utils" / "saltconsul_client.py").is_file() is not SALT_3006
+    assert (thin / "py3" / "saltconsul_client.py").is_file() is SALT_3006
     # Nothing of a pip install took part: the thin carried no saltconsul_ext.
-    assert not (salt_ssh.work / "file_roots" / "target-thin" / "py3" / "saltconsul_ext").exists()
+    assert not (thin / "py3" / "saltconsul_ext").exists()
 
 
 def test_pip_install(salt_ssh, pip_site, consul_agent, kv_prefix):
-    """``pip install`` on the master only: the thin carries ``saltconsul_ext``; file_roots hold just its formulas."""
+    """
+    ``pip install`` on the master only; file_roots hold just its formulas.
+    Salt 3008: the thin carries ``saltconsul_ext``. Salt 3006: the ext_mods
+    carry the entry point's loader modules, the thin the shared modules.
+    """
     consul_agent.api("PUT", f"/v1/kv/{kv_prefix}/prod/app/greeting", b"hello prod via pip")
     formulas = pip_site / "saltconsul_ext" / "formulas"
-    salt_ssh.configure("pip", [formulas], pip_site, kv_prefix)
+    salt_ssh.configure("pip", [formulas], pip_site, kv_prefix, pip_site)
     # The path the README has users put on file_roots, from the installed runner.
     assert salt_ssh.salt_run("consul_formulas.path") == str(formulas)
     _every_call(salt_ssh, consul_agent, kv_prefix, "pip")
-    # Nothing of the checkout took part: the target ran the thin's copy.
+    # Nothing of the checkout took part (not on file_roots nor on PYTHONPATH):
+    # what the target ran came from the pip install, by the way this Salt sends it.
     thin = salt_ssh.work / "pip" / "target-thin"
-    assert (thin / "py3" / "saltconsul_ext" / "utils" / "saltconsul_client.py").is_file()
-    assert not list(thin.glob("running_data/var/cache/salt/minion/extmods/modules/consul.py"))
+    extmods = thin / "running_data" / "var" / "cache" / "salt" / "minion" / "extmods"
+    if SALT_3006:
+        assert (extmods / "modules" / "consul.py").is_file()
+        assert (thin / "py3" / "saltconsul_client.py").is_file()
+        assert not (thin / "py3" / "saltconsul_ext").exists()
+    else:
+        assert (thin / "py3" / "saltconsul_ext" / "utils" / "saltconsul_client.py").is_file()
+        assert not (extmods / "modules" / "consul.py").exists()
