@@ -37,6 +37,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import saltconsul_calls
 import saltconsul_env
+import saltconsul_identity
 import saltconsul_kv
 import saltconsul_kvtree
 import saltconsul_loader
@@ -1291,7 +1292,7 @@ def health_state(state="any", dc=None, consistency=None, token=None):
 # --------------------------------------------------------------------------- discovery
 
 
-def _env_tags(environment):
+def _env_fields(environment):
     """The tags an instance must carry for ``environment`` (see ``discover``)."""
     if environment is None or environment is False:
         return []
@@ -1305,16 +1306,16 @@ def _env_tags(environment):
     else:
         raise SaltInvocationError("environment must be True, False or a dict with type and/or group")
     own = env()  # the master-derived environment where pillar carries it
-    tags = []
+    fields = {}
     for field in ("type", "group"):
         value = wanted.get(field, own.get(field))
         if value is not None:
             if not saltconsul_env.is_label(value):
                 raise SaltInvocationError(f"environment {field} {value!r} is not a DNS label")
-            tags.append(value)
-    if not tags and environment is True:
+            fields[field] = value
+    if not fields and environment is True:
         log.info("consul.discover: this minion has no env type/group; not filtering by environment")
-    return tags
+    return fields
 
 
 def _discover_entries(service, passing, dc, near, token, refresh):
@@ -1413,14 +1414,18 @@ def discover(
         server {{ db.address }}:{{ db.port }};
         {% endfor %}
     """
-    wanted = set(_str_list(tags, "tags") or []) | set(_env_tags(environment))
+    fields = _env_fields(environment)
+    wanted = set(_str_list(tags, "tags") or []) | set(fields.values())
+    # On a minted token (docs/acl.md) a tag is only a claim: the instance's
+    # node name, bound to its token by a node identity, must be of the environment.
+    trust = fields if fields and saltconsul_identity.trusts_nodes(__opts__) else None
     _opt_str(near, "near")
     if failover is not None and failover is not True and failover is not False:
         failover = _str_list(failover, "failover")
     local = _dc(dc)
     unanswered = []  # (datacenter, ConsulError): asked and could not answer
     try:
-        found = _discover_in(service, wanted, passing, local, near, token, refresh, remote=False)
+        found = _discover_in(service, wanted, trust, passing, local, near, token, refresh, remote=False)
     except ConsulError as err:
         if not failover or isinstance(err, ConsulUnreachable):
             raise _fail("discover", err, where=_dc_label(local)) from err
@@ -1437,7 +1442,7 @@ def discover(
             failover = []
     for other in failover:
         try:
-            found = _discover_in(service, wanted, passing, other, near, token, refresh, remote=True)
+            found = _discover_in(service, wanted, trust, passing, other, near, token, refresh, remote=True)
         except ConsulError as err:
             unanswered.append((_dc_label(other), err))
             if isinstance(err, ConsulUnreachable):
@@ -1471,13 +1476,23 @@ def _failover_datacenters(dc, token, refresh):
     return [name for name in known if name != primary]
 
 
-def _discover_in(service, wanted, passing, dc, near, token, refresh, remote):
+def _discover_in(service, wanted, trust, passing, dc, near, token, refresh, remote):
     entries = _discover_entries(service, passing, dc, near, token, refresh)
     found = []
+    env_conf = saltconsul_env.env_config(__opts__) if trust else None
     for entry in entries:
         svc, node = entry.get("Service") or {}, entry.get("Node") or {}
         svc_tags = svc.get("Tags") or []
         if not wanted <= set(svc_tags):
+            continue
+        if trust and not saltconsul_identity.node_matches(node.get("Node"), trust, env_conf):
+            log.warning(
+                "consul.discover: ignoring %s instance %s: it claims %s but its node %s is not of that environment",
+                service,
+                svc.get("ID"),
+                "/".join(trust.values()),
+                node.get("Node"),
+            )
             continue
         found.append(
             {
@@ -1636,6 +1651,47 @@ def catalog_datacenters(token=None):
     """
     with _consul("catalog_datacenters"):
         return _client(token).get("/v1/catalog/datacenters") or []
+
+
+def agent_token_minted(test=False):
+    """
+    Make this minion's minted token (docs/acl.md, "Minted minion tokens") its
+    local agent's ``agent`` token (``PUT /v1/agent/token/agent``), once per
+    token: the agent registers its node with it under default-deny, so a new
+    node needs no token file copied to it. The secret is never returned.
+
+    Returns ``{"changed", "accessor", "comment"}``. Refuses when the agent's
+    node name is not the one the token's node identity names (the agent
+    could not register its node with it). The agent keeps the token across
+    restarts only with ``acl { enable_token_persistence = true }``.
+
+    test
+        Only say whether it would be installed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call consul.agent_token_minted
+    """
+    record = saltconsul_identity.minion_record(__opts__)
+    if not record:
+        return {"changed": False, "accessor": None, "comment": "this minion holds no minted Consul token"}
+    accessor = record.get("accessor")
+    if record.get("agent_accessor") == accessor:
+        return {"changed": False, "accessor": accessor, "comment": f"the local agent already holds minted token {accessor}"}
+    with _consul("agent_token_minted"):
+        node = ((_client().get("/v1/agent/self") or {}).get("Config") or {}).get("NodeName")
+        if record.get("node") and node != record["node"]:
+            raise CommandExecutionError(
+                f"consul.agent_token_minted: the local agent is node {node!r}, the minted token is for node "
+                f"{record['node']!r} (set the agent's node_name to it, see docs/acl.md)"
+            )
+        if test:
+            return {"changed": True, "accessor": accessor, "comment": f"would give the local agent minted token {accessor}"}
+        _client().put("/v1/agent/token/agent", json={"Token": record["secret"]})
+    saltconsul_identity.mark_agent_token(__opts__, accessor)
+    return {"changed": True, "accessor": accessor, "comment": f"the local agent now holds minted token {accessor}"}
 
 
 def agent_members(wan=False, token=None):

@@ -12,9 +12,7 @@ come from ``saltconsul_calls``.
     salt-call consul.acl_token_create description=web policies='[web]' secret_file=/etc/salt/web.token
 """
 
-import contextlib
 import logging
-import os
 import re
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -105,22 +103,6 @@ def _identities(values, what, key):
     return out
 
 
-def _write_secret_file(path, secret):
-    """Write a token secret to ``path`` readable by its owner only."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(secret + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _token_body(description, policies, roles, service_identities, node_identities, local):
     """The request body of a new token (validated), without its secret."""
     body = {"Local": bool(local)}
@@ -190,7 +172,7 @@ def acl_token_create(
         created = _client(token).put("/v1/acl/token", json=body, dc=_dc(dc))
     if secret_file:
         try:
-            _write_secret_file(secret_file, created["SecretID"])
+            saltconsul_secrets.write_secret_file(secret_file, created["SecretID"])
         except OSError as err:
             raise CommandExecutionError(
                 f"consul.acl_token_create: token {created['AccessorID']} created but "
@@ -543,7 +525,7 @@ def acl_token_create_as(
         created = _client(token).put("/v1/acl/token", json=body, dc=_dc(dc))
     if secret_file and not secret:
         try:
-            _write_secret_file(secret_file, created["SecretID"])
+            saltconsul_secrets.write_secret_file(secret_file, created["SecretID"])
         except OSError as err:
             raise CommandExecutionError(
                 f"consul.acl_token_create_as: token {created['AccessorID']} created but "
@@ -617,7 +599,7 @@ def acl_token_secret_write(accessor_id, secret_file, dc=None, token=None):
     if current is None or not current.get("SecretID"):
         raise CommandExecutionError(f"consul.acl_token_secret_write failed: not found: token {accessor_id}")
     try:
-        _write_secret_file(secret_file, current["SecretID"])
+        saltconsul_secrets.write_secret_file(secret_file, current["SecretID"])
     except OSError as err:
         raise CommandExecutionError(f"secret_file {secret_file} could not be written ({err.strerror})") from None
     return True

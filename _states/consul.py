@@ -1511,3 +1511,34 @@ def env_query_absent(name, service=None, token=None):
         ret["changes"] = {}
         return _fail(ret, f"Prepared query for {service}: {err}")
     return ret
+
+
+def agent_token_minted(name):
+    """
+    The local Consul agent holds this minion's minted token as its ``agent``
+    token (``consul.agent_token_minted``): its node registers under
+    default-deny with no token file copied to it. Compliant (no change, no
+    write) once the agent holds the current token; with no minted token (the
+    shared-token path) there is nothing to do.
+
+    .. code-block:: yaml
+
+        consul-agent-token:
+          consul.agent_token_minted: []
+    """
+    ret = _ret(name)
+    try:
+        planned = __salt__["consul.agent_token_minted"](test=True)
+        if not planned["changed"]:
+            ret["comment"] = planned["comment"]
+            return ret
+        ret["changes"] = {"agent_token": {"old": None, "new": planned["accessor"]}}
+        if __opts__.get("test"):
+            ret["result"] = None
+            ret["comment"] = planned["comment"]
+            return ret
+        ret["comment"] = __salt__["consul.agent_token_minted"]()["comment"]
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret["changes"] = {}
+        return _fail(ret, str(err))
+    return ret

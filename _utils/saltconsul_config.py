@@ -32,6 +32,8 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
+import saltconsul_identity
+
 DEFAULTS = {
     "address": "http://127.0.0.1:8500",
     "token": None,
@@ -124,6 +126,13 @@ def parse_config(opts, environ=None, **overrides):
         # saltext-consul's (and old core Salt's) name for the address.
         section = dict(section, address=section["url"])
     conf.update({k: v for k, v in section.items() if k in DEFAULTS and v is not None})
+    # A token the master minted for this minion (sealed in its pillar) wins
+    # over the configured one: it is what the master scoped for this host.
+    # A call-site token or token file (an sdb profile, the cache) still wins.
+    if overrides.get("token") is None and not overrides.get("token_file"):
+        minted = saltconsul_identity.minion_record(opts)
+        if minted:
+            conf["token"], conf["token_file"] = minted["secret"], None
     conf.update({k: v for k, v in overrides.items() if k in DEFAULTS and v is not None})
 
     conf["address"] = _normalise_address(conf["address"], ssl)

@@ -7,6 +7,7 @@ anything it returns.
 Plain module, no Salt dunders.
 """
 
+import contextlib
 import hashlib
 import os
 import re
@@ -56,3 +57,19 @@ def is_private(path):
 def fingerprint(secret):
     """A short one-way fingerprint of a high-entropy secret, safe to compare and show."""
     return "sha256:" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:16]
+
+
+def write_secret_file(path, secret):
+    """Write ``secret`` to ``path`` readable by its owner only, whole or not at all."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(secret + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

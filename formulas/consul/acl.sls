@@ -18,6 +18,8 @@
     salt-sdb     (consul_acl:sdb set) the sdb driver's secret folders
     salt-cache   (consul_acl:cache set) the master's data cache, cache: consul
     salt-config  (consul_acl:config set) whoever writes the layer folders
+    salt-mint    (consul_acl:mint true) the master's minting token: each
+                 minion gets a token of its own (docs/acl.md, minted tokens)
 
   Tokens: consul_acl:tokens, each identified by its description, its secret
   only in secret_file (0600) on the host that applies this formula. Copy a
@@ -112,6 +114,15 @@ key_prefix {{ kv | json }} { policy = {{ ('write' if sdb.get('write') else 'read
 key_prefix {{ cache.get('prefix', 'salt/cache/') | json }} { policy = "write" }
 {%-   endset %}
 {%-   do policies.update({prefix ~ 'cache': {'description': 'the master data cache (cache: consul)', 'rules': rules}}) %}
+{%- endif %}
+{%- if conf.get('mint') %}
+{%-   set rules %}
+# The master's minting token (ext_pillar consul_token, runner consul_tokens): one token and one
+# policy per minion, scoped by the environment the master derives from its ID. acl = "write" is
+# Consul's only grant for that, and it can make any token: keep it on the master alone.
+acl = "write"
+{%-   endset %}
+{%-   do policies.update({prefix ~ 'mint': {'description': 'the master: mints each minion its own token', 'rules': rules}}) %}
 {%- endif %}
 {%- set config = conf.get('config') %}
 {%- if config %}

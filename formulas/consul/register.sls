@@ -26,6 +26,13 @@
   ext_pillar), so a minion that claims another environment in its grains or
   its own consul:env config cannot register into it.
 -#}
+{#- A minted token (docs/acl.md): the local agent gets it as its agent token,
+    so this node registers under default-deny with no file copied to it. #}
+{%- if salt['pillar.get']('consul_minion_token:sealed') %}
+
+consul-agent-token:
+  consul.agent_token_minted: []
+{%- endif %}
 {%- set conf = salt['pillar.get']('consul_register', {}) %}
 {%- set services = conf.get('services', {}) or {} %}
 {%- set env = salt['consul.env']() %}
