@@ -172,13 +172,15 @@ def ssh_thin_mods():
 
     Salt 3006's ``salt.utils.thin.get_tops`` imports each name on the master
     when it builds the thin, and skips (logging "Unable to import
-    extra-module") a name it cannot import. Pip-installed, they are importable:
-    ``salt.client.ssh.SSH.__init__`` builds its roster and returner loaders
-    before ``gen_thin``, and each calls :func:`get_dirs`, which puts ``utils``
-    on ``sys.path``. From a checkout (file_roots), salt-ssh needs the
-    checkout's ``_utils`` on ``PYTHONPATH`` (README, salt-ssh). Salt 3006
-    builds the thin once per Salt version: ``salt-ssh --regen-thin`` after
-    salt-consul changes.
+    extra-module") a name it cannot import. Both ways they are importable
+    there. From file_roots: ``salt-run saltutil.sync_all`` has copied them to
+    the master's ``extension_modules/utils``, which
+    ``salt.config.apply_master_config`` puts on ``sys.path``
+    (``insert_system_path`` of ``utils_dirs``) when salt-ssh reads its config.
+    Pip-installed: ``salt.client.ssh.SSH.__init__`` builds its roster and
+    returner loaders before ``gen_thin``, and each calls :func:`get_dirs`,
+    which puts ``utils`` on ``sys.path``. Salt 3006 builds the thin once per
+    Salt version: ``salt-ssh --regen-thin`` after salt-consul changes.
     """
     mods = thin_extra_mods()
     if not salt_ssh_sends_utils():

@@ -15,8 +15,10 @@ Salt 3006 (3006.29) sends no ``_utils`` (``salt.client.ssh.mod_data`` has no
 (``salt.utils.thin`` has no saltext discovery), so there the value also names
 the shared ``saltconsul_*`` modules and the thin carries them flat; the loader
 modules come in the ext_mods either way (3006's ``mod_data`` takes the entry
-point's folders too). From file_roots, salt-ssh runs with the checkout's
-``_utils`` on ``PYTHONPATH`` so that the thin's builder can import them.
+point's folders too). Salt imports each name on the master to build the
+thin: from file_roots it finds them in the master's synced utils (on
+``sys.path`` from ``salt.config.apply_master_config``), with pip through the
+entry point.
 
 The target is this machine through a private ``sshd`` on a loopback port (its
 own host key and authorized key; tools/install-sshd.sh fetches Debian's
@@ -305,12 +307,12 @@ def _every_call(salt_ssh, agent, kv_prefix, way):
 
 
 def test_file_roots_install(salt_ssh, state_tree, consul_agent, kv_prefix):
-    """The checkout on file_roots: salt-ssh ships ``_modules``, ``_utils``, ... with the call."""
+    """The checkout on file_roots: salt-ssh ships ``_modules``, ``_utils`` (3006: in the thin), ... with the call."""
     consul_agent.api("PUT", f"/v1/kv/{kv_prefix}/prod/app/greeting", b"hello prod via file_roots")
-    # Salt 3006 builds the thin with the shared modules named in thin_extra_mods,
-    # which it imports on the master: the checkout's _utils on PYTHONPATH (README).
-    salt_ssh.configure("file_roots", [state_tree], state_tree / "_utils" if SALT_3006 else None, kv_prefix, REPO)
-    # The master's side (the ext_pillar) comes from its extension_modules, as with salt-master.
+    salt_ssh.configure("file_roots", [state_tree], None, kv_prefix, REPO)
+    # The master's side (the ext_pillar) comes from its extension_modules, as with
+    # salt-master; on Salt 3006 the thin's shared modules come from its synced
+    # utils too (salt-ssh imports the names in thin_extra_mods; no PYTHONPATH here).
     salt_ssh.salt_run("saltutil.sync_all")
     _every_call(salt_ssh, consul_agent, kv_prefix, "file_roots")
     thin = salt_ssh.work / "file_roots" / "target-thin"
@@ -343,6 +345,8 @@ def test_pip_install(salt_ssh, pip_site, consul_agent, kv_prefix):
         assert (extmods / "modules" / "consul.py").is_file()
         assert (thin / "py3" / "saltconsul_client.py").is_file()
         assert not (thin / "py3" / "saltconsul_ext").exists()
+        # ... imported on the master through the entry point: nothing was synced.
+        assert not (salt_ssh.work / "pip" / "var" / "cache" / "salt" / "master" / "extmods" / "utils").exists()
     else:
         assert (thin / "py3" / "saltconsul_ext" / "utils" / "saltconsul_client.py").is_file()
         assert not (extmods / "modules" / "consul.py").exists()
