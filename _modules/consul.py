@@ -1293,9 +1293,9 @@ def health_state(state="any", dc=None, consistency=None, token=None):
 
 
 def _env_fields(environment):
-    """The tags an instance must carry for ``environment`` (see ``discover``)."""
+    """The environment fields (type, group) an instance must carry as tags for ``environment`` (see ``discover``)."""
     if environment is None or environment is False:
-        return []
+        return {}
     if environment is True:
         wanted = {}
     elif isinstance(environment, dict):

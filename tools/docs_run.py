@@ -36,6 +36,10 @@ ELSEWHERE = {
     # which the shipped salt-minion policy does not grant; per-minion tokens, issue 22).
     # The pip install way's command; the demo's fleet loads the checkout from file_roots.
     "salt-run consul_formulas.path": "tests/integration/test_loading.py and test_salt_ssh.py run it on a pip install",
+    # The demo's fleet runs on the shared tokens; the minted-token path has its own cluster and master.
+    "salt-run consul_tokens.list": "tests/integration/test_minted_tokens.py runs it on the salt-mint token",
+    "salt-run consul_tokens.revoke db01.dev.gg.mydc1.example.com": "tests/integration/test_minted_tokens.py revokes a dev minion (by the salt/key reactor and the runner)",
+    "salt-run consul_tokens.sweep": "tests/integration/test_minted_tokens.py sweeps a token whose minion is gone",
     "salt -I consul_env:role:web state.apply app": "tests/integration/test_states_app.py applies app on a web minion",
 }
 # Words a documented command's output must show here (beyond succeeding).

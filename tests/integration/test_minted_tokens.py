@@ -323,6 +323,30 @@ def test_key_deleted_token_revoked(applied, minions, cluster, master):
     assert {t["minion_id"] for t in ret.data} == {PROD}
 
 
+def _stray(cluster, minion_id):
+    """A token as the master mints them, for a minion this master never saw (made with the management token)."""
+    token = cluster.live_server().api_json("PUT", "/v1/acl/token", {"Description": f"salt-minion {minion_id}", "ExpirationTTL": "1h"})
+    return token["AccessorID"]
+
+
+def test_documented_revoke_and_sweep(applied, master, cluster):
+    run = master.salt_run_cli(timeout=60)
+    # As docs/acl.md writes them.
+    documented = "db01.dev.gg.mydc1.example.com"
+    accessor = _stray(cluster, documented)
+    ret = run.run("consul_tokens.revoke", documented)
+    assert ret.returncode == 0, ret
+    assert ret.data == {"minion_id": documented, "revoked": [accessor]}
+    ghost = "ghost01.dev.gg.mnt1.example.com"  # no accepted key
+    accessor = _stray(cluster, ghost)
+    ret = run.run("consul_tokens.sweep")
+    assert ret.returncode == 0, ret
+    assert ret.data == {ghost: [accessor]}
+    assert cluster.live_server().api("GET", f"/v1/acl/token/{accessor}")[0] in (403, 404)
+    ret = run.run("consul_tokens.list")
+    assert {t["minion_id"] for t in ret.data} == {PROD}
+
+
 def test_no_secret_anywhere(applied, minions, master, cluster, tokens):
     secrets = [_record(minions[PROD])["secret"], pathlib.Path(tokens["mint"]).read_text().strip()]
     places = [pathlib.Path(master.config["log_file"]), pathlib.Path(minions[PROD].config["log_file"])]
