@@ -45,7 +45,6 @@ import os
 import re
 import time
 
-import saltconsul_client
 import saltconsul_duration
 import saltconsul_env
 import saltconsul_secrets
@@ -494,6 +493,10 @@ class Minter:
 
 def get_minter(opts, context=None, overrides=None):
     """The master's :class:`Minter` for ``opts`` (the ext_pillar and the runner share it)."""
+    # Here, not at the top: saltconsul_config (which the client imports) asks
+    # this module for a minion's minted token.
+    import saltconsul_client  # pylint: disable=import-outside-toplevel
+
     conf = parse_config(opts, overrides)
     connection = {}
     if conf["token_file"] and not conf["token"]:
