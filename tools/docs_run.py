@@ -32,8 +32,10 @@ ELSEWHERE = {
     "make test": "CI (.ci/run) runs it as written",
     "make lock": "resolves pins against the package index: a maintainer's command, not run by tests",
     # A virtualenv, a pip install and a running service per host, each on port 8080: one host per
-    # machine. Its secrets are read with the minion's own token (key read under secrets/demoapp/,
-    # which the shipped salt-minion policy does not grant; per-minion tokens, issue 22).
+    # machine. Its secrets are read with the minion's own token: a key read under
+    # secrets/demoapp/<type>/<group>/, which the shared salt-minion policy does not grant (it would
+    # let a dev host read prod's); minted tokens grant it per environment (minion_tokens:kv_read,
+    # docs/acl.md; test_minted_tokens reads dev's and is refused prod's).
     # The pip install way's command; the demo's fleet loads the checkout from file_roots.
     "salt-run consul_formulas.path": "tests/integration/test_loading.py and test_salt_ssh.py run it on a pip install",
     # The demo's fleet runs on the shared tokens; the minted-token path has its own cluster and master.

@@ -40,6 +40,7 @@ tag; a client that must not trust tags discovers through ``consul.discover``.
 import json
 import pathlib
 import stat
+import threading
 import time
 
 import pytest
@@ -218,6 +219,50 @@ def test_minions_on_minted_tokens_register_lock_and_discover(applied, minions, c
     ret = minions[PROD].salt_call_cli(timeout=60).run("pillar.items")
     assert "consul_minion_token" in ret.data
     assert record["secret"] not in json.dumps(ret.data)
+
+
+ROTATION_SLS = """
+include:
+  - consul.register
+
+# Runs first: the token rotates on the master while this apply is under way.
+minted-rotation-pause:
+  cmd.run:
+    - name: sleep 6
+    - order: 1
+"""
+
+
+def test_rotation_during_a_running_apply(applied, minions, master, cluster, state_tree):
+    prod = minions[PROD]
+    old = _record(prod)
+    (state_tree / "minted_rotation.sls").write_text(ROTATION_SLS)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(data=_apply(prod, "minted_rotation")))
+    worker.start()
+    try:
+        # Past renew_after on the master: its next compile of this minion's pillar mints the next token.
+        (stored,) = (pathlib.Path(master.config["cachedir"]) / "consul_tokens").glob("db01_prod_gg_mnt1*.json")
+        record = json.loads(stored.read_text())
+        record["created"] -= 0.6 * (record["expires"] - record["created"])
+        stored.write_text(json.dumps(record))
+        ret = master.salt_run_cli(timeout=60).run("pillar.show_pillar", PROD)
+        assert ret.returncode == 0, ret
+        assert old["secret"] not in json.dumps(ret.data)
+    finally:
+        worker.join(timeout=180)
+    # The running apply finished on the old token (all states True, _apply checks), which still works.
+    assert "data" in result and not _changed(result["data"]), result
+    new = json.loads(stored.read_text())
+    assert new["accessor"] != old["accessor"]
+    assert cluster.client(NODES[PROD]).api("GET", "/v1/acl/token/self", token=old["secret"])[0] == 200
+    # The next apply takes the new token: the agent gets it, nothing else changes; then compliant.
+    data = _apply(prod, "consul.register")
+    assert [k for k in _changed(data)] == [k for k in data if "agent_token_minted" in k], data
+    assert _record(prod)["accessor"] == new["accessor"]
+    assert _changed(_apply(prod, "consul.register")) == []
+    ret = prod.salt_call_cli(timeout=60).run("consul.discover", "db")
+    assert ret.returncode == 0 and [i["node"] for i in ret.data] == [NODES[PROD]], ret
 
 
 def _as(cluster, minion, token, method, path, body=None):
