@@ -68,4 +68,9 @@ def ext_pillar(minion_id, pillar, **kwargs):
             log.error("consul_token: cannot mint a token for %s (%s)", minion_id, saltconsul_identity.describe_error(err))
             return {}
         log.warning("consul_token: cannot renew the token of %s (%s); serving the current one", minion_id, saltconsul_identity.describe_error(err))
+    try:
+        mint.ensure_dns(env)
+    except ConsulError as err:
+        # The token still goes out: its DNS names are retried on the next compile.
+        log.warning("consul_token: the DNS names of %s could not be set (%s)", env.get("postfix"), saltconsul_identity.describe_error(err))
     return {saltconsul_identity.PILLAR_KEY: mint.sealed(minion_id, record, public_key)}

@@ -43,6 +43,7 @@ import time
 import salt.utils.data
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import saltconsul_calls
 import saltconsul_duration
 import saltconsul_env
 import saltconsul_errors
@@ -818,8 +819,8 @@ def key_present(name, value, serializer=None, secret=False, flags=None, dc=None,
         if serializer not in (None, "json", "yaml"):
             raise SaltInvocationError(f"serializer must be json or yaml, not {serializer!r}")
         text = saltconsul_kv.serialise(value, serializer) if serializer else _as_text(value)
-        if flags is not None:
-            flags = int(flags)
+        # The rule kv_put applies, so test=True never promises a write the apply refuses.
+        flags = saltconsul_calls.uint(flags, "flags", maximum=2**64 - 1)
         current = __salt__["consul.kv_get"](name, detail=True, dc=dc, token=token)
         if current is not None:
             have = current.get("value")
@@ -912,7 +913,9 @@ def key_absent(name, recurse=False, dc=None, token=None):
 
 
 def _seconds(duration):
-    """A Consul duration (``15s``, ``500ms``, ``1m``) or a number, in seconds."""
+    """A Consul duration (``15s``, ``500ms``, ``1m``) or a number (also as text: ``"10"``), in seconds."""
+    if isinstance(duration, str) and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?\s*", duration):
+        duration = float(duration)
     try:
         return saltconsul_duration.seconds(duration)
     except saltconsul_duration.DurationError as err:
@@ -1109,7 +1112,8 @@ def single_holder_service(
             raise SaltInvocationError("a single-holder service needs at least one check to tie its lock to")
         key = lock_key or _default_lock_key(name)
         delay = _seconds(lock_delay)
-        wait_lock = delay + 2 if lock_wait is None else float(lock_wait)
+        wait_lock = delay + 2 if lock_wait is None else _seconds(lock_wait)
+        wait_passing = _seconds(wait_passing)  # before anything is written
         desired, current, changes, stale = _service_plan(
             name, service_id, tags, address, port, meta, enable_tag_override, weights, checks, env_tags, token,
             owner=SINGLE_HOLDER_OWNER, lock=key,
@@ -1191,10 +1195,10 @@ def single_holder_service(
                 return _fail(
                     ret,
                     f"Check(s) {', '.join(critical)} critical: would not take the lock {key} "
-                    f"unless they pass within {wait_passing}s",
+                    f"unless they pass within {wait_passing:g}s",
                 )
             ret["result"] = None
-            ret["comment"] = f"Would register {sid}, wait up to {wait_passing}s for its checks and take the lock {key}"
+            ret["comment"] = f"Would register {sid}, wait up to {wait_passing:g}s for its checks and take the lock {key}"
             return ret
 
         acquiring = True
@@ -1216,13 +1220,13 @@ def single_holder_service(
                 token=token,
             )
         # 2. Our own checks must be healthy before any session exists.
-        critical = _wait_not_critical(check_ids, float(wait_passing), token, sid)
+        critical = _wait_not_critical(check_ids, wait_passing, token, sid)
         if critical:
             raise CommandExecutionError(
-                f"check(s) {', '.join(critical)} still critical after {wait_passing}s; not taking the lock"
+                f"check(s) {', '.join(critical)} still critical after {wait_passing:g}s; not taking the lock"
             )
         # 3. A session tied to the node and the checks, then the lock.
-        deadline = time.monotonic() + max(float(wait_passing), wait_lock)
+        deadline = time.monotonic() + max(wait_passing, wait_lock)
         keep = {held_by, (holder or {}).get("session")} - {None}
         session = _tied_session(name, me, check_ids, lock_delay, deadline, token, keep)
         sessions.append(session)
@@ -1428,6 +1432,10 @@ def env_query_present(
             datacenter = __salt__["consul.env"]().get("datacenter") or ""
         if datacenter:
             _label(datacenter, "datacenter")
+        # Checked here, as Consul would at apply: test=True must not promise what the apply refuses.
+        ttl = saltconsul_calls.duration(ttl, "ttl")
+        failover_nearest_n = saltconsul_calls.uint(failover_nearest_n, "failover_nearest_n")
+        failover_datacenters = saltconsul_calls.str_list(failover_datacenters, "failover_datacenters")
         suffix = rf"(?:\.{datacenter})?" if datacenter else ""
         definition = {
             "Name": f"{service}.",

@@ -38,6 +38,7 @@ Plain module, no Salt dunders; raises the project's exceptions only.
 """
 
 import base64
+import fcntl
 import hashlib
 import json
 import logging
@@ -78,6 +79,12 @@ DEFAULTS = {
     ],
     "single_holder_keys": ["consul_primary:services", "consul_failover:services"],
     "store_dir": None,  # default <master cachedir>/consul_tokens
+    # Environment DNS names answered by identity: for each of these services the
+    # master keeps <service>.<postfix> (a prepared query, exact name, so it wins
+    # over consul.dns's template) running with a token that may read only the
+    # nodes of that environment (node_prefix of node_name up to {host}).
+    "dns_services": [],
+    "dns_ttl": "",
     # The minting token (acl = "write"); default: the master's consul: token.
     "token": None,
     "token_file": None,
@@ -115,9 +122,12 @@ def parse_config(opts, overrides=None):
     renew = conf["renew_after"]
     if isinstance(renew, bool) or not isinstance(renew, (int, float)) or not 0 < renew < 1:
         raise ConsulInvalidRequest("minion_tokens:renew_after must be a fraction between 0 and 1")
-    for key in ("policies", "kv_read", "service_keys", "single_holder_keys"):
+    for key in ("policies", "kv_read", "service_keys", "single_holder_keys", "dns_services"):
         if not isinstance(conf[key], list) or not all(isinstance(v, str) and v for v in conf[key]):
             raise ConsulInvalidRequest(f"minion_tokens:{key} must be a list of strings")
+    bad = [name for name in conf["dns_services"] if not saltconsul_env.is_service_name(name)]
+    if bad:
+        raise ConsulInvalidRequest(f"minion_tokens:dns_services: not service names: {', '.join(map(repr, bad))}")
     if not _SAFE.sub("", conf["policy_prefix"]) == conf["policy_prefix"]:
         raise ConsulInvalidRequest("minion_tokens:policy_prefix may hold letters, digits, - and _ only")
     conf["store_dir"] = conf["store_dir"] or os.path.join(
@@ -192,6 +202,48 @@ def node_name(minion_id, fields, template):
     if not name:
         raise ConsulInvalidRequest(f"minion {minion_id!r} has no usable Consul node name")
     return name
+
+
+def node_prefix(env, conf):
+    """
+    The node-name prefix every node of ``env`` has (``node_name`` up to its
+    trailing ``{host}``: ``mydc1-prod-gg-``), or None when the template does
+    not end in ``{host}`` or a field is unknown.
+    """
+    template = conf["node_name"]
+    if not template.endswith("{host}"):
+        return None
+    fields = {k: v for k, v in env.items() if isinstance(v, str)}
+    try:
+        prefix = template[: -len("{host}")].format(**fields)
+    except (KeyError, IndexError, ValueError):
+        return None
+    prefix = _SAFE.sub("-", prefix)
+    return prefix if prefix.strip("-") else None
+
+
+def dns_plan(env, conf):
+    """
+    The identity-filtered DNS names of ``env``: ``{policy, rules, queries:
+    {name: definition-without-token}}``, or None when there is nothing to do.
+    """
+    postfix, prefix = env.get("postfix"), node_prefix(env, conf)
+    if not conf["dns_services"] or not postfix or not prefix:
+        return None
+    rules = (
+        "# The environment's DNS names answer with the nodes of that environment only.\n"
+        'service_prefix "" { policy = "read" }\n'
+        f"node_prefix {json.dumps(prefix)} {{ policy = \"read\" }}\n"
+    )
+    queries = {
+        f"{service}.{postfix}": {
+            "Name": f"{service}.{postfix}",
+            "Service": {"Service": service, "Tags": [env["type"], env["group"]], "OnlyPassing": True},
+            "DNS": {"TTL": conf["dns_ttl"] or ""},
+        }
+        for service in conf["dns_services"]
+    }
+    return {"policy": f"salt-dns-env-{_SAFE.sub('_', postfix)}", "rules": rules, "queries": queries, "postfix": postfix}
 
 
 def policy_name(minion_id, conf):
@@ -405,7 +457,14 @@ class Minter:
         record = self.record(minion_id)
         if not needs_mint(record, digest, self.conf, now):
             return record
-        return self.mint(minion_id, scope_, digest)
+        # The master's worker processes compile pillar side by side: one mint per minion at a time.
+        os.makedirs(self.conf["store_dir"], mode=0o700, exist_ok=True)
+        with open(self._path(minion_id) + ".lock", "a", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = self.record(minion_id)
+            if not needs_mint(record, digest, self.conf, now):
+                return record
+            return self.mint(minion_id, scope_, digest)
 
     def mint(self, minion_id, scope_, digest):
         policy = policy_name(minion_id, self.conf)
@@ -435,12 +494,44 @@ class Minter:
             return None
 
     def _put_policy(self, minion_id, policy, hcl):
-        body = {"Name": policy, "Description": f"salt-minion {minion_id}: its own node, sessions and locks", "Rules": hcl}
+        self._put_policy_named(policy, f"salt-minion {minion_id}: its own node, sessions and locks", hcl)
+
+    def _put_policy_named(self, policy, description, hcl):
+        body = {"Name": policy, "Description": description, "Rules": hcl}
         current = self._policy(policy)
         if not current:
             self.client.put("/v1/acl/policy", json=body)
         elif current.get("Rules") != hcl:
             self.client.put(f"/v1/acl/policy/{current['ID']}", json=dict(body, ID=current["ID"]))
+
+    def ensure_dns(self, env):
+        """Keep ``env``'s identity-filtered DNS names (:func:`dns_plan`); no request once they are in place."""
+        plan = dns_plan(env, self.conf)
+        if plan is None:
+            return None
+        path = os.path.join(self.conf["store_dir"], "dns-" + _SAFE.sub("_", plan["postfix"]) + ".json")
+        digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+        record = _read_json(path)
+        if record and record.get("digest") == digest:
+            return record
+        self._put_policy_named(plan["policy"], f"salt-dns {plan['postfix']}: the environment's nodes", plan["rules"])
+        if not record or not record.get("secret"):
+            created = self.client.put(
+                "/v1/acl/token",
+                json={"Description": f"salt-dns {plan['postfix']}", "Policies": [{"Name": plan["policy"]}], "Local": bool(self.conf["local"])},
+            )
+            record = {"accessor": created["AccessorID"], "secret": created["SecretID"]}
+        existing = {q.get("Name"): q for q in self.client.get("/v1/query") or []}
+        for name, definition in plan["queries"].items():
+            body = dict(definition, Token=record["secret"])
+            if name in existing:
+                self.client.put(f"/v1/query/{existing[name]['ID']}", json=dict(body, ID=existing[name]["ID"]))
+            else:
+                self.client.request("POST", "/v1/query", json=body)
+        record.update(digest=digest, queries=sorted(plan["queries"]))
+        write_json_private(path, record)
+        log.info("consul minion tokens: DNS names %s answer by node identity", ", ".join(record["queries"]))
+        return record
 
     def sealed(self, minion_id, record, public_key_path):
         """The pillar entry for ``record``: its secret sealed to the minion's key (sealed once per token)."""
@@ -484,10 +575,11 @@ class Minter:
         policy = self._policy(policy_name(minion_id, self.conf))
         if policy:
             self.client.delete(f"/v1/acl/policy/{policy['ID']}")
-        try:
-            os.unlink(self._path(minion_id))
-        except FileNotFoundError:
-            pass
+        for path in (self._path(minion_id), self._path(minion_id) + ".lock"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         return deleted
 
 

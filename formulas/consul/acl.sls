@@ -121,6 +121,10 @@ key_prefix {{ cache.get('prefix', 'salt/cache/') | json }} { policy = "write" }
 # policy per minion, scoped by the environment the master derives from its ID. acl = "write" is
 # Consul's only grant for that, and it can make any token: keep it on the master alone.
 acl = "write"
+# minion_tokens:dns_services: the environment DNS names answered by node identity (prepared queries).
+query_prefix "" { policy = "write" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
 {%-   endset %}
 {%-   do policies.update({prefix ~ 'mint': {'description': 'the master: mints each minion its own token', 'rules': rules}}) %}
 {%- endif %}

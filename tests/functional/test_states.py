@@ -487,6 +487,31 @@ def test_key_present_string(states, consul_agent, testmode, kv_prefix):
     assert kv_raw(consul_agent, key) == "30"
 
 
+@pytest.mark.parametrize(
+    "state, kwargs, message",
+    [
+        ("key_present", {"value": "x", "flags": -1}, "flags must be a non-negative integer"),
+        ("key_present", {"value": "x", "flags": "lots"}, "flags must be a non-negative integer"),
+        ("key_present", {"value": "x", "flags": 2**64}, "flags must be at most"),
+        ("env_query_present", {"ttl": "soon"}, "ttl"),
+        ("env_query_present", {"failover_nearest_n": -2}, "failover_nearest_n must be a non-negative integer"),
+        ("env_query_present", {"failover_datacenters": [3]}, "failover_datacenters"),
+        ("single_holder_service", {"checks": [{"name": "a", "ttl": "30s"}], "wait_passing": "soon"}, "duration"),
+        ("single_holder_service", {"checks": [{"name": "a", "ttl": "30s"}], "lock_wait": [1]}, "duration"),
+    ],
+)
+def test_bad_arguments_fail_alike_in_test_mode_and_apply(states, consul_agent, testmode, kv_prefix, state, kwargs, message):
+    """Refused before anything is written, with the same answer that test=True gives (never a traceback)."""
+    name = f"{kv_prefix}/bad" if state == "key_present" else f"bad{abs(hash(message)) % 10000}"
+    before = states.stats["writes"]
+    ret = states(state, test=testmode, name=name, **kwargs)
+    assert ret["result"] is False, ret
+    assert message in ret["comment"] and ret["changes"] == {}, ret
+    assert states.stats["writes"] == before
+    if state == "key_present":
+        assert kv_raw(consul_agent, name) is None
+
+
 def test_key_present_structure(states, consul_agent, testmode, kv_prefix):
     key = f"{kv_prefix}/db"
     value = {"hosts": ["a", "b"], "pool": 5}

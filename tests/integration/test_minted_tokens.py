@@ -17,8 +17,8 @@ their config and no file copied to them**:
 * a "compromised" dev host, root on its box (it reads its own minted token
   from its cache), tries everything against prod that Consul lets it try:
   (a) it registers ``db`` tagged ``prod``/``gg`` with prod's meta: Consul
-  accepts the claim, prod's ``consul.discover db`` ignores it (and says so
-  in the log); (b) it cannot take, delete, release or renew prod's lock, nor
+  accepts the claim, prod's DNS name does not answer with it, prod's
+  ``consul.discover db`` ignores it (and says so in the log); (b) it cannot take, delete, release or renew prod's lock, nor
   destroy prod's session or make one on prod's node; (c) it cannot read or
   write prod's layers or secrets; (d) it cannot deregister or change prod's
   node, nor re-register its services or checks there. Prod's lock holder
@@ -32,9 +32,10 @@ their config and no file copied to them**:
   (denied within the bound below), ``consul_tokens.list`` no longer shows it;
 * no token secret in any return, log or the job cache.
 
-Not covered here (docs/acl.md says so): DNS. Consul's prepared queries
-cannot filter on node names, so ``db.prod.gg.<dc>.query.consul`` answers by
-tag; a client that must not trust tags discovers through ``consul.discover``.
+DNS: ``db.prod.gg.mnt1.query.consul`` (``minion_tokens:dns_services``) is a
+prepared query the master keeps, running on a token that may read prod's
+nodes only, so Consul's ACL filtering drops the dev host's claim from the
+answer.
 """
 
 import json
@@ -47,6 +48,7 @@ import pytest
 from conftest import REPO, consul_opts, loader_dir_opts, synced_master, synced_minion
 
 from cluster import Cluster
+from dnsquery import query as dns_query
 
 DC = "mnt1"
 MASTER_NODE = "saltmaster"
@@ -92,7 +94,7 @@ def tokens(salt_factories, cluster, tmp_path_factory):
     files = {role: str(root / "tokens" / f"salt-{role}.token") for role in ("master", "mint")}
     pillar = {
         "mint": True,
-        "dns_anonymous": False,
+        "dns_anonymous": True,  # DNS names answer the anonymous token (docs/acl.md)
         "tokens": {f"salt-{role}": {"policies": [f"salt-{role}"], "secret_file": path} for role, path in files.items()},
     }
     admin = salt_factories.salt_minion_daemon(
@@ -123,7 +125,12 @@ def master(salt_factories, cluster, tokens, state_tree, tmp_path_factory):
     consul = consul_opts(
         cluster.client(MASTER_NODE),
         token_file=tokens["master"],
-        minion_tokens={"token_file": tokens["mint"], "ttl": "1h", "kv_read": ["secrets/demoapp/{type}/{group}/"]},
+        minion_tokens={
+            "token_file": tokens["mint"],
+            "ttl": "1h",
+            "kv_read": ["secrets/demoapp/{type}/{group}/"],
+            "dns_services": ["db"],
+        },
     )
     with synced_master(
         salt_factories,
@@ -297,6 +304,11 @@ def test_a_compromised_dev_host_cannot_act_for_prod(applied, minions, cluster):
     while NODES[DEV] not in claimed() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert claimed() == set(NODES.values())  # the claim is in Consul, tagged prod and passing
+    # ... prod's DNS name answers with prod's node only (its query runs on a token that may
+    # read prod's nodes alone) ...
+    prod_agent = cluster.client(NODES[PROD])
+    rcode, addresses = dns_query(prod_agent.ports["dns"], "db.prod.gg.mnt1.query.consul", host=prod_agent.bind)
+    assert (rcode, addresses) == (0, [prod_agent.bind]), (rcode, addresses, cluster.client(NODES[DEV]).bind)
     # ... and prod's discovery ignores it.
     ret = minions[PROD].salt_call_cli(timeout=60).run("consul.discover", "db", "refresh=True")
     assert ret.returncode == 0, ret

@@ -179,3 +179,39 @@ def test_node_trust(node, wanted, ok):
 def test_node_trust_ignores_the_hosts_own_overrides():
     # A minion configured with consul:env:type: prod must not make a dev node look prod.
     assert not identity.node_matches("db01.dev.gg.mydc1.example.com", {"type": "prod"}, {"type": "prod"})
+
+
+def test_dns_plan_filters_by_the_environments_node_prefix():
+    conf = _conf(dns_services=["db"], dns_ttl="5s")
+    plan = identity.dns_plan(saltconsul_env.parse(PROD_DB), conf)
+    assert plan["policy"] == "salt-dns-env-prod_gg_mydc1"
+    assert 'node_prefix "mydc1-prod-gg-" { policy = "read" }' in plan["rules"]
+    assert "write" not in plan["rules"]
+    assert plan["queries"] == {
+        "db.prod.gg.mydc1": {
+            "Name": "db.prod.gg.mydc1",
+            "Service": {"Service": "db", "Tags": ["prod", "gg"], "OnlyPassing": True},
+            "DNS": {"TTL": "5s"},
+        }
+    }
+    # A dev node's name never starts with prod's prefix (node names are bound by node identities).
+    dev = identity.scope("db01.dev.gg.mydc1.example.com", saltconsul_env.parse("db01.dev.gg.mydc1.example.com"), {}, conf)["node"]
+    assert not dev.startswith("mydc1-prod-gg-")
+
+
+@pytest.mark.parametrize(
+    "env_name, extra",
+    [
+        ("oddhost", {}),  # no environment
+        (PROD_DB, {"node_name": "{host}-{type}"}),  # template does not end in {host}: no prefix to filter by
+        (PROD_DB, {}),  # no dns_services
+    ],
+)
+def test_dns_plan_nothing_to_do(env_name, extra):
+    conf = _conf(**dict({"dns_services": ["db"]} if extra or env_name != PROD_DB else {}, **extra))
+    assert identity.dns_plan(saltconsul_env.parse(env_name), conf) is None
+
+
+def test_dns_services_must_be_service_names():
+    with pytest.raises(ConsulInvalidRequest, match="not service names"):
+        _conf(dns_services=["db", "bad/name"])
