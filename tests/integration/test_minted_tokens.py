@@ -235,9 +235,20 @@ include:
 # Runs first: the token rotates on the master while this apply is under way.
 minted-rotation-pause:
   cmd.run:
-    - name: sleep 6
+    - name: sleep 6.321
     - order: 1
 """
+
+
+def _sleeping(seconds):
+    """True while a ``sleep <seconds>`` process runs (the rotation SLS's pause)."""
+    for proc in pathlib.Path("/proc").iterdir():
+        try:
+            if (proc / "cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", seconds.encode()]:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def test_rotation_during_a_running_apply(applied, minions, master, cluster, state_tree):
@@ -248,10 +259,16 @@ def test_rotation_during_a_running_apply(applied, minions, master, cluster, stat
     worker = threading.Thread(target=lambda: result.update(data=_apply(prod, "minted_rotation")))
     worker.start()
     try:
+        # Rotate only once the apply is in its pause: its pillar (the old token) is compiled by then.
+        deadline = time.monotonic() + 120
+        while not _sleeping("6.321") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _sleeping("6.321"), "the apply never reached its pause"
         # Past renew_after on the master: its next compile of this minion's pillar mints the next token.
         (stored,) = (pathlib.Path(master.config["cachedir"]) / "consul_tokens").glob("db01_prod_gg_mnt1*.json")
         record = json.loads(stored.read_text())
-        record["created"] -= 0.6 * (record["expires"] - record["created"])
+        # As if minted an hour ago with a minute left: well past renew_after (0.5) of its life.
+        record["created"], record["expires"] = time.time() - 3600, time.time() + 60
         stored.write_text(json.dumps(record))
         ret = master.salt_run_cli(timeout=60).run("pillar.show_pillar", PROD)
         assert ret.returncode == 0, ret
@@ -259,7 +276,8 @@ def test_rotation_during_a_running_apply(applied, minions, master, cluster, stat
     finally:
         worker.join(timeout=180)
     # The running apply finished on the old token (all states True, _apply checks), which still works.
-    assert "data" in result and not _changed(result["data"]), result
+    assert "data" in result, result
+    assert [k for k in _changed(result["data"]) if "minted-rotation-pause" not in k] == [], result
     new = json.loads(stored.read_text())
     assert new["accessor"] != old["accessor"]
     assert cluster.client(NODES[PROD]).api("GET", "/v1/acl/token/self", token=old["secret"])[0] == 200
