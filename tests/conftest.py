@@ -134,6 +134,32 @@ def consul_opts(agent, **extra):
     return dict({"address": agent.http_addr, "retries": 0}, **extra)
 
 
+def apply_consul_acl(salt_factories, admin_id, agent, management_token, root, consul_acl):
+    """
+    ``consul.acl`` applied masterless with ``consul_acl`` as its pillar, by an
+    admin minion on ``management_token`` (an operator's ``salt-call --local``,
+    docs/acl.md); every state True and every token's secret file 0600.
+    """
+    admin = salt_factories.salt_minion_daemon(
+        admin_id,
+        overrides=dict(
+            loader_dir_opts(),
+            file_client="local",
+            file_roots={"base": [str(REPO / "formulas")]},
+            pillar_roots={"base": [str(root)]},
+            consul=consul_opts(agent, token=management_token),
+        ),
+    )
+    ret = admin.salt_call_cli(timeout=120).run("--local", "state.apply", "consul.acl", f"pillar={json.dumps({'consul_acl': consul_acl})}")
+    assert ret.returncode == 0, ret
+    assert ret.data and all(s["result"] is True for s in ret.data.values()), ret.data
+    for spec in (consul_acl.get("tokens") or {}).values():
+        if spec.get("secret_file"):
+            mode = os.stat(spec["secret_file"]).st_mode & 0o777
+            assert mode == 0o600, (spec["secret_file"], oct(mode))
+    return ret
+
+
 @contextlib.contextmanager
 def synced_master(salt_factories, master_id, agent, state_tree, pillar_root, **overrides):
     """

@@ -43,7 +43,6 @@ import contextlib
 import json
 import os
 import pathlib
-import stat
 import subprocess
 import sys
 import threading
@@ -52,7 +51,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import LOADER_DIRS, REPO, consul_opts, loader_dir_opts, synced_master, synced_minion
+from conftest import LOADER_DIRS, REPO, apply_consul_acl, consul_opts, synced_master, synced_minion
 
 import countingproxy
 import localconsul
@@ -380,23 +379,7 @@ def tokens(salt_factories, cluster, tmp_path_factory):
     pillar = dict(ACL_PILLAR, tokens={
         f"salt-{role}": {"policies": policies[role], "secret_file": path} for role, path in files.items()
     })
-    admin = salt_factories.salt_minion_daemon(
-        "composition-admin",
-        overrides=dict(
-            loader_dir_opts(),
-            file_client="local",
-            file_roots={"base": [str(REPO / "formulas")]},
-            pillar_roots={"base": [str(root)]},
-            consul=consul_opts(cluster.client(MASTER_NODE), token=cluster.master_token),
-        ),
-    )
-    ret = admin.salt_call_cli(timeout=120).run(
-        "--local", "state.apply", "consul.acl", f"pillar={json.dumps({'consul_acl': pillar})}"
-    )
-    assert ret.returncode == 0, ret
-    assert ret.data and all(s["result"] is True for s in ret.data.values()), ret.data
-    for path in files.values():
-        assert stat.S_IMODE(pathlib.Path(path).stat().st_mode) == 0o600
+    apply_consul_acl(salt_factories, "composition-admin", cluster.client(MASTER_NODE), cluster.master_token, root, pillar)
     return files
 
 

@@ -45,7 +45,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, consul_opts, loader_dir_opts, synced_master, synced_minion
+from conftest import apply_consul_acl, consul_opts, synced_master, synced_minion
 
 from cluster import Cluster
 from dnsquery import query as dns_query
@@ -97,19 +97,7 @@ def tokens(salt_factories, cluster, tmp_path_factory):
         "dns_anonymous": True,  # DNS names answer the anonymous token (docs/acl.md)
         "tokens": {f"salt-{role}": {"policies": [f"salt-{role}"], "secret_file": path} for role, path in files.items()},
     }
-    admin = salt_factories.salt_minion_daemon(
-        "minted-admin",
-        overrides=dict(
-            loader_dir_opts(),
-            file_client="local",
-            file_roots={"base": [str(REPO / "formulas")]},
-            pillar_roots={"base": [str(root)]},
-            consul=consul_opts(cluster.client(MASTER_NODE), token=cluster.master_token),
-        ),
-    )
-    ret = admin.salt_call_cli(timeout=120).run("--local", "state.apply", "consul.acl", f"pillar={json.dumps({'consul_acl': pillar})}")
-    assert ret.returncode == 0, ret
-    assert ret.data and all(s["result"] is True for s in ret.data.values()), ret.data
+    apply_consul_acl(salt_factories, "minted-admin", cluster.client(MASTER_NODE), cluster.master_token, root, pillar)
     server = cluster.live_server()
     assert server.api("PUT", "/v1/kv/config/type/prod/mnt/db_password", b"prod-layer-s3cret")[0] == 200
     assert server.api("PUT", "/v1/kv/secrets/demoapp/prod/gg/DB_PASSWORD", b"prod-app-s3cret")[0] == 200
