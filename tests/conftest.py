@@ -232,6 +232,38 @@ def kv_prefix(consul_agent, request):
 
 
 @pytest.fixture(scope="session")
+def event_listener():
+    """
+    salt-factories' event listener (every daemon forwards its events to it),
+    listening on 127.0.0.1 only, where its daemons send (they never use
+    another address). Its own default listens on 0.0.0.0 on a port it found
+    free on 127.0.0.1 alone, which also needs the port free on every other
+    loopback address, where this suite's Consul agents listen: CI saw
+    "address already in use" there fail one worker's whole session (315
+    errors). A port lost to a race between the probe and the bind is tried
+    again with another one.
+    """
+    from saltfactories.plugins.event_listener import EventListener  # pylint: disable=import-outside-toplevel
+
+    for attempt in range(3):
+        listener = EventListener()
+        listener.host = "127.0.0.1"
+        listener.address = f"tcp://{listener.host}:{listener.port}"
+        try:
+            listener.start()
+        except RuntimeError:
+            listener.stop()
+            if attempt == 2:
+                raise
+            continue
+        try:
+            yield listener
+        finally:
+            listener.stop()
+        return
+
+
+@pytest.fixture(scope="session")
 def salt_factories_config():
     # A short root of our own: concurrent test runs must not share daemon dirs,
     # and unix socket paths must stay short.
