@@ -13,7 +13,6 @@ come from ``saltconsul_calls``.
 """
 
 import logging
-import re
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "consul"
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID = saltconsul_secrets.UUID
 
 
 def __virtual__():

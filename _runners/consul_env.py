@@ -40,10 +40,6 @@ def __virtual__():
     return __virtualname__
 
 
-def _accepted():
-    return saltconsul_fleet.accepted_minions(__opts__)
-
-
 def _blank():
     return {"minions": [], "services": {}, "single_holder": {}, "layers": {}}
 
@@ -120,7 +116,7 @@ def overview(dc=None, entry=0):
     environments = {}
     known = {}
     unassigned = _blank()
-    for mid in _accepted():
+    for mid in saltconsul_fleet.accepted_minions(__opts__):
         env = saltconsul_env.parse(mid, env_conf)
         if env.get("postfix"):
             known.setdefault(env["postfix"], {f: env.get(f) for f in ("type", "group", "datacenter")})

@@ -52,10 +52,6 @@ def _config(entry, show_secrets):
     return saltconsul_pillar.parse_config(__opts__, kwargs), count
 
 
-def _accepted():
-    return set(saltconsul_fleet.accepted_minions(__opts__))
-
-
 def _minion_values(minion_id, conf):
     """The template values and skip reasons for a minion, as the ext_pillar derives them."""
     if not isinstance(minion_id, str) or not minion_id:
@@ -260,7 +256,7 @@ def diff(a, b, show_secrets=False, entry=0):
     """
     conf, count = _config(entry, show_secrets)
     rule = saltconsul_pillar.secret_rule(__opts__)
-    accepted = _accepted()
+    accepted = set(saltconsul_fleet.accepted_minions(__opts__))
     sides = []
     wanted = {}
     for name in (a, b):

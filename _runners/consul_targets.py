@@ -32,14 +32,10 @@ def __virtual__():
     return __virtualname__
 
 
-def _accepted():
-    return saltconsul_fleet.accepted_minions(__opts__)
-
-
 def _envs():
     """``{minion_id: env}`` for every accepted minion, parsed from the ID on the master."""
     env_conf = saltconsul_env.env_config(__opts__)
-    return {mid: saltconsul_env.parse(mid, env_conf) for mid in _accepted()}
+    return {mid: saltconsul_env.parse(mid, env_conf) for mid in saltconsul_fleet.accepted_minions(__opts__)}
 
 
 def _layers(layers):
@@ -146,5 +142,5 @@ def for_event(data, layers=None):
         keys.extend(data.get(field) or [])
     if data.get("truncated"):
         log.info("consul_targets: truncated event for %s: every minion is a target", data.get("prefix"))
-        return _accepted()
+        return saltconsul_fleet.accepted_minions(__opts__)
     return for_keys(keys, layers=layers)

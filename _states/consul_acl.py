@@ -49,7 +49,7 @@ __virtualname__ = "consul"
 
 # Consul's own rule for policy names (agent/structs/acl.go validatePolicyName).
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9\-_]{1,128}$")
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID = saltconsul_secrets.UUID
 SECRET_WRITTEN = "written (0600)"
 
 

@@ -64,15 +64,6 @@ def seconds(value, what="duration"):
     return nanoseconds(value, what) / 1_000_000_000
 
 
-def is_duration(value):
-    """True when ``value`` parses as a duration."""
-    try:
-        nanoseconds(value)
-    except DurationError:
-        return False
-    return True
-
-
 def for_consul(value, what="duration"):
     """
     The string to send Consul for ``value``: a valid duration string as given

@@ -117,11 +117,6 @@ def classify(status, text, method, path):
     return ConsulError(f"{where}: unexpected answer ({status}: {text})", **kwargs)
 
 
-def is_not_found(err):
-    """Whether ``err`` (or the Consul error it was raised from) means "not found"."""
-    return isinstance(cause_of(err), ConsulNotFound)
-
-
 def cause_of(err):
     """
     The Consul error behind ``err``: itself, or the ``ConsulError`` a Salt

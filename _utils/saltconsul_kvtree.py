@@ -38,7 +38,6 @@ it under ``leaf_key`` (default ``_value``): ``{"db": {"_value": "x", "pool": "5"
 A folder placeholder key (``db/``, as the Consul UI creates) gives an empty dict.
 """
 
-import base64
 import binascii
 import json
 import logging
@@ -114,16 +113,6 @@ def log_warnings(warnings):
         log.warning("consul KV key %r %s", key, what)
     if len(warnings) > MAX_WARNINGS:
         log.warning("consul KV: %d more keys failed to decode", len(warnings) - MAX_WARNINGS)
-
-
-def b64decode(value):
-    """Consul's base64 ``Value`` field to bytes (None stays None)."""
-    if value is None:
-        return None
-    try:
-        return base64.b64decode(value)
-    except (binascii.Error, ValueError, TypeError):
-        return None
 
 
 def build_tree(entries, root, mode="auto", leaf_key=DEFAULT_LEAF_KEY, warnings=None):

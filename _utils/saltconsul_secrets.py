@@ -15,7 +15,8 @@ import stat
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# An ACL SecretID or AccessorID; the one pattern for both (the ACL module and state use it).
+UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def read_secret_file(path, what="secret file", uuid=False):
@@ -34,7 +35,7 @@ def read_secret_file(path, what="secret file", uuid=False):
         raise ValueError(f"{what} {path} is not text") from None
     if not secret:
         raise ValueError(f"{what} {path} is empty")
-    if uuid and not _UUID.match(secret):
+    if uuid and not UUID.match(secret):
         raise ValueError(f"{what} {path} does not hold a UUID (Consul SecretIDs are UUIDs)")
     return secret
 
