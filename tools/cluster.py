@@ -398,10 +398,17 @@ class Cluster:
         os.kill(agent.pid, signal.SIGSTOP)
         agent._paused = True
 
-    def resume(self, name):
+    def resume(self, name, timeout=20):
+        """
+        SIGCONT a paused agent and wait (bounded) until every running server
+        sees it alive again, nudging with a join as :meth:`restart` does: CI
+        saw a resumed client stay failed on every server for over 30 s
+        (serf's reconnect interval) when its refutation was lost under load.
+        """
         agent = self.agents[name]
         os.kill(agent.pid, signal.SIGCONT)
         agent._paused = False
+        self._rejoin(agent, timeout=timeout)
 
     def restart(self, name, timeout=60):
         """Start a killed or stopped agent again with its data (same node ID); bounded."""
