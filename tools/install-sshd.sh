@@ -60,7 +60,8 @@ rm -rf "$bindir/sshd.d.tmp.$$"
 mkdir -p "$bindir/sshd.d.tmp.$$/lib"
 install -m 0755 "$work/root/usr/sbin/sshd" "$bindir/sshd.d.tmp.$$/sshd"
 for lib in $(ldd "$work/root/usr/sbin/sshd" | awk '$2 == "=>" && $3 == "not" {print $1}'); do
-    found=$(find "$work/root" -name "$lib" | head -n 1)
+    # -print -quit, not a pipe into head: under pipefail find could die of SIGPIPE (141).
+    found=$(find "$work/root" -name "$lib" -print -quit)
     if [ -z "$found" ]; then
         echo "install-sshd: sshd needs $lib, which neither the system nor the downloaded packages have" >&2
         exit 1
@@ -78,4 +79,5 @@ WRAPPER
 chmod 0755 "$bindir/.sshd.tmp.$$"
 # Temporary name, then rename: an interrupted run never leaves a half-written wrapper.
 mv -f "$bindir/.sshd.tmp.$$" "$bindir/sshd"
-echo "install-sshd: $("$bindir/sshd" -V 2>&1 | head -c 200)"
+version=$("$bindir/sshd" -V 2>&1 || true)
+echo "install-sshd: ${version:0:200}"
